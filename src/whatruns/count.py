@@ -1,0 +1,264 @@
+"""Counting from the spec alone: parameters stored, parameters that run, FLOPs per token.
+
+The conventions (chapter "Counting what runs"):
+
+* **total_params** -- every parameter Hugging Face ``transformers`` instantiates for the config
+  (no multi-token-prediction module, no vision tower).
+* **active_params** -- the parameters one token's forward pass uses: all of them except the
+  routed experts the token is not sent to (E - k per MoE layer) and, of an *untied* input
+  embedding (and of a learned position table), every row but the one it reads. The LM head
+  always counts fully; a tied embedding is the LM head, so it counts fully too.
+* **embedding_params** -- the vocabulary-sized tables: token embedding, position table, and the
+  LM head when it is not tied (``breakdown['embedding'] + breakdown['head']``).
+* **flops_per_token** -- forward FLOPs per token in a sequence of T tokens, counted as torch's
+  ``FlopCounterMode`` counts them: 2 FLOPs per multiply-add, matmul-family ops only (norms,
+  activations, softmax, lookups count 0), attention scores and values over all T x T pairs
+  (no causal discount). With ``causal=True`` a query only pays for the keys it can see.
+
+For encoder-decoder models the T tokens go through both stacks (the encoder reads the input,
+the decoder the targets, both of length T); FLOPs per token are the sum of both stacks' work
+divided by T.
+
+For a DLRM-style :class:`~whatruns.spec.EmbeddingModel` one "token" is one example.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict
+
+from .spec import FFN, MoE, Attention, EmbeddingModel, SpecError, Transformer
+
+COMPONENTS = ("embedding", "attention", "dense_ffn", "routed_experts", "shared_experts", "router",
+              "norms", "head", "mlp", "interaction")
+
+
+@dataclass
+class Part:
+    """One component's parameters (stored and active) and forward FLOPs per token."""
+
+    params: int = 0
+    active: float = 0
+    flops: float = 0
+
+    def add(self, params=0, active=None, flops=0):
+        self.params += params
+        self.active += params if active is None else active
+        self.flops += flops
+
+
+@dataclass(frozen=True)
+class Count:
+    """What :func:`count` returns. ``breakdown`` maps a component to its :class:`Part`."""
+
+    total_params: int
+    active_params: int
+    embedding_params: int
+    flops_per_token: float
+    seq_len: int
+    breakdown: Dict[str, Part] = field(repr=False)
+
+    @property
+    def non_embedding_params(self) -> int:
+        return self.total_params - self.embedding_params
+
+    @property
+    def active_fraction(self) -> float:
+        return self.active_params / self.total_params
+
+    @property
+    def training_flops_per_token(self) -> float:
+        """Forward plus backward: the backward pass does twice the forward's matmul work."""
+        return 3 * self.flops_per_token
+
+    def as_dict(self) -> dict:
+        d = {
+            "total_params": self.total_params,
+            "active_params": self.active_params,
+            "embedding_params": self.embedding_params,
+            "non_embedding_params": self.non_embedding_params,
+            "flops_per_token": self.flops_per_token,
+            "training_flops_per_token": self.training_flops_per_token,
+            "seq_len": self.seq_len,
+        }
+        d["breakdown"] = {k: {"params": p.params, "active": p.active, "flops_per_token": p.flops}
+                          for k, p in self.breakdown.items()}
+        return d
+
+
+# ---------------------------------------------------------------------------------------------
+# the formulas, each by the name the chapters use
+
+def linear_params(d_in: int, d_out: int, bias: bool = False) -> int:
+    """Parameters of a Linear layer: d_in x d_out weights, plus d_out biases."""
+    return d_in * d_out + (d_out if bias else 0)
+
+
+def matmul_flops(m: int, k: int, n: int) -> int:
+    """FLOPs of an (m x k) @ (k x n) product: one multiply and one add per multiply-add."""
+    return 2 * m * k * n
+
+
+def ffn_params(D: int, ffn: FFN) -> int:
+    """Parameters of one FFN of width F on width D: 2 or 3 matrices of D x F, plus biases."""
+    if ffn.gated:  # gate and up (D -> F each), down (F -> D)
+        return 3 * D * ffn.width + ((2 * ffn.width + D) if ffn.bias else 0)
+    return 2 * D * ffn.width + ((ffn.width + D) if ffn.bias else 0)
+
+
+def ffn_flops(D: int, ffn: FFN) -> int:
+    """Forward FLOPs per token of one FFN: 2 per weight of its matrices."""
+    return 2 * ffn.matrices * D * ffn.width
+
+
+def attention_params(D: int, a: Attention) -> int:
+    """Parameters of one self-attention layer (projections, MLA latents and norms, QK-norm, sinks)."""
+    H, K, dh, dv = a.heads, a.kv_heads, a.head_dim, a.v_head_dim
+    if a.mla:
+        nope = dh - a.rope_head_dim
+        if a.q_lora_rank:
+            q = linear_params(D, a.q_lora_rank, a.bias) + a.q_lora_rank + linear_params(a.q_lora_rank, H * dh)
+        else:
+            q = linear_params(D, H * dh)
+        kv = (linear_params(D, a.kv_lora_rank + a.rope_head_dim, a.bias) + a.kv_lora_rank
+              + linear_params(a.kv_lora_rank, H * (nope + dv)))
+        n = q + kv
+    else:
+        n = linear_params(D, H * dh, a.bias) + 2 * linear_params(D, K * dh, a.bias)
+    n += linear_params(H * dv, D, a.out_bias)
+    if a.qk_norm:
+        n += 2 * dh
+    if a.sinks:
+        n += H
+    return n
+
+
+def attention_projection_flops(D: int, a: Attention) -> int:
+    """Forward FLOPs per token of the q, k, v and output projections (not the scores)."""
+    H, K, dh, dv = a.heads, a.kv_heads, a.head_dim, a.v_head_dim
+    if a.mla:
+        nope = dh - a.rope_head_dim
+        q = 2 * D * H * dh if not a.q_lora_rank else 2 * (D * a.q_lora_rank + a.q_lora_rank * H * dh)
+        kv = 2 * (D * (a.kv_lora_rank + a.rope_head_dim) + a.kv_lora_rank * H * (nope + dv))
+        return q + kv + 2 * H * dv * D
+    return 2 * D * (H * dh + 2 * K * dh) + 2 * H * dv * D
+
+
+def attention_score_flops(a: Attention, keys: float) -> float:
+    """Forward FLOPs per query of scaled-dot-product attention over ``keys`` keys:
+    q.k for each key (2*dh each) and the weighted sum of values (2*dv each), per head."""
+    return 2 * a.heads * keys * (a.head_dim + a.v_head_dim)
+
+
+def mean_keys(T: int, causal: bool, window: int = 0) -> float:
+    """Keys each query attends to, on average over a sequence of T tokens."""
+    if not causal:
+        return T
+    if window and window < T:  # query i sees min(i + 1, window) keys
+        return (window * (window + 1) / 2 + (T - window) * window) / T
+    return (T + 1) / 2
+
+
+def router_params(D: int, moe: MoE) -> int:
+    return linear_params(D, moe.experts, moe.router_bias) + (moe.experts if moe.score_bias else 0)
+
+
+# ---------------------------------------------------------------------------------------------
+
+def count(spec, seq_len: int = 2048, causal: bool = False) -> Count:
+    """Count a spec: total, active and embedding parameters, and forward FLOPs per token
+    for a sequence of ``seq_len`` tokens. See the module docstring for the conventions."""
+    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len <= 0:
+        raise SpecError(f"seq_len must be a positive integer, got {seq_len!r}")
+    if isinstance(spec, Transformer):
+        return _count_transformer(spec, seq_len, causal)
+    if isinstance(spec, EmbeddingModel):
+        return _count_embedding_model(spec, seq_len)
+    raise SpecError(f"cannot count a {type(spec).__name__}; expected a Transformer or an EmbeddingModel")
+
+
+def _count_transformer(s: Transformer, T: int, causal: bool) -> Count:
+    D, a = s.width, s.attention
+    parts = {k: Part() for k in ("embedding", "attention", "dense_ffn", "routed_experts",
+                                 "shared_experts", "router", "norms", "head")}
+    emb_rows = s.vocab * D
+    if s.tied:
+        parts["embedding"].add(emb_rows)  # read as the LM head too: every row runs
+    else:
+        parts["embedding"].add(emb_rows, active=D)
+        parts["head"].add(s.vocab * D)
+    parts["head"].flops += matmul_flops(1, D, s.vocab)
+    if s.positions:
+        parts["embedding"].add(s.positions * D, active=D)
+    norm = s.norm.params(D)
+
+    stacks = [(s.layers, s.moe_layers, False)]
+    if s.encoder_decoder:
+        stacks.append((s.encoder_layers, s.encoder_moe_layers, True))
+    for layers, moe_layers, is_encoder in stacks:
+        cross = s.encoder_decoder and not is_encoder
+        if s.relative_buckets:
+            parts["attention"].add(s.relative_buckets * a.heads)
+        parts["norms"].add(norm)  # the stack's final norm
+        for i in range(layers):
+            parts["attention"].add(attention_params(D, a), flops=attention_projection_flops(D, a))
+            window = s.sliding_window if (i in s.sliding_layers and not is_encoder) else 0
+            parts["attention"].flops += attention_score_flops(
+                a, mean_keys(T, causal and not is_encoder, window))
+            sublayers = 2
+            if cross:
+                parts["attention"].add(attention_params(D, a), flops=attention_projection_flops(D, a))
+                parts["attention"].flops += attention_score_flops(a, T)
+                sublayers = 3
+            parts["norms"].add(sublayers * norm)
+            if i in moe_layers:
+                m = s.moe
+                parts["router"].add(router_params(D, m), flops=matmul_flops(1, D, m.experts))
+                one = ffn_params(D, m.expert)
+                parts["routed_experts"].add(m.experts * one, active=m.top_k * one,
+                                            flops=m.top_k * ffn_flops(D, m.expert))
+                if m.shared is not None:
+                    parts["shared_experts"].add(ffn_params(D, m.shared), flops=ffn_flops(D, m.shared))
+                    if m.shared_gate:
+                        parts["shared_experts"].add(linear_params(D, 1), flops=matmul_flops(1, D, 1))
+            else:
+                parts["dense_ffn"].add(ffn_params(D, s.ffn), flops=ffn_flops(D, s.ffn))
+
+    return _finish(parts, T)
+
+
+def _finish(parts: Dict[str, Part], T: int) -> Count:
+    total = sum(p.params for p in parts.values())
+    active = sum(p.active for p in parts.values())
+    flops = sum(p.flops for p in parts.values())
+    for p in parts.values():
+        p.active = _exact(p.active)
+        p.flops = _exact(p.flops)
+    return Count(total_params=total, active_params=_exact(active),
+                 embedding_params=parts["embedding"].params + parts.get("head", Part()).params,
+                 flops_per_token=_exact(flops), seq_len=T, breakdown=parts)
+
+
+def _exact(x):
+    """Keep integers integers (so that counts compare exactly); fractional only when they are."""
+    return int(x) if float(x).is_integer() else x
+
+
+def _count_embedding_model(s: EmbeddingModel, T: int) -> Count:
+    parts = {k: Part() for k in ("embedding", "mlp", "interaction")}
+    for t in s.tables:
+        parts["embedding"].add(t.rows * t.dim, active=min(t.pooling, t.rows) * t.dim)
+    widths = [s.dense_features, *s.bottom_mlp]
+    top = [s.interaction_width, *s.top_mlp]
+    for mlp in (widths, top):
+        for d_in, d_out in zip(mlp, mlp[1:]):
+            parts["mlp"].add(linear_params(d_in, d_out, bias=True), flops=matmul_flops(1, d_in, d_out))
+    if s.interaction == "dot":
+        n = len(s.tables) + 1  # a batched (n x dim) @ (dim x n) product per example
+        parts["interaction"].flops += matmul_flops(n, s.dim, n)
+    return _finish(parts, T)
+
+
+def rows_read(spec: EmbeddingModel) -> int:
+    """Embedding rows one example reads: the sum of the tables' pooling factors."""
+    return sum(min(t.pooling, t.rows) for t in spec.tables)
