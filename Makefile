@@ -19,9 +19,9 @@ test: $(STAMP)
 	$(PY) -m pytest tests
 	@if ls book/*.ipynb >/dev/null 2>&1; then $(PY) -m pytest --nbval -p no:randomly book/ -q; fi
 
-# Re-execute every notebook in place (after changing the library or a chapter), then `make test`.
+# Re-execute notebooks in place (all, or NB=book/02_dense.ipynb), storing their outputs; then `make test`.
 execute: $(STAMP)
-	for nb in book/*.ipynb; do .venv/bin/jupyter nbconvert --to notebook --execute --inplace "$$nb" || exit 1; done
+	$(PY) scripts/execute.py $(NB)
 
 clean:
 	rm -rf _build

@@ -1,0 +1,11 @@
+"""Units and readable numbers, shared by the CLI and the book."""
+
+PF_DAY = 1e15 * 86400  # FLOPs in one petaflop/s-day: 8.64e19 (GPT-3, Table D.1)
+
+
+def human(n: float, digits: int = 3) -> str:
+    """A count in readable units: 46702792704 -> '46.7B', 1.2e12 -> '1.2T', 5130 -> '5.13k'."""
+    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.{digits}g}{unit}"
+    return f"{n:.{digits}g}"
