@@ -28,7 +28,7 @@ def build(spec, **kwargs):
     return _build(spec, **kwargs)
 
 
-def catalog():
-    """The published models: a dict of name -> :class:`whatruns.catalog.Entry`."""
-    from .catalog import entries
-    return entries()
+# The published models: ``whatruns.catalog.names()``, ``.entry(name)``, ``.table()``. A module, not a
+# function: a function named ``catalog`` here would be replaced by the submodule the first time anything
+# imports ``whatruns.catalog``. It needs no torch.
+from . import catalog  # noqa: E402

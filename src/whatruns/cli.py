@@ -1,0 +1,218 @@
+"""The command line: count a model, or list the catalog.
+
+    whatruns count SOURCE [--seq-len T] [--variant NAME] [--json]
+    whatruns catalog [--seq-len T] [--json]
+
+SOURCE is a catalog name (``whatruns catalog`` lists them), a path to a Hugging Face
+``config.json`` (or to a folder holding one, or to a spec in the library's own format), or ``-``
+to read a config from standard input. ``python -m whatruns`` is the same program.
+
+Without ``--json`` the output is a table for people: one row per component, with exact
+integers and the same numbers in readable units (46,702,792,704 beside 46.70B). With ``--json``
+it is one JSON object (for ``count``: :meth:`whatruns.count.Count.as_dict` plus the source).
+
+Bad input (a missing or unreadable file, malformed JSON, a config that describes no model, a bad
+``--seq-len``, an unknown catalog name) exits with status 2 and one line on standard error, the
+message of the :class:`~whatruns.spec.SpecError` that explains it; never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import List, Optional
+
+EXIT_OK = 0
+EXIT_BAD_INPUT = 2
+PROG = "whatruns"
+
+
+class _Fail(Exception):
+    """Bad input found by the CLI itself: the message is printed as one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (and status 2), like every other error."""
+
+    def error(self, message):  # noqa: D102 - argparse's hook
+        raise _Fail(f"{message} (see '{PROG} --help')")
+
+
+def _seq_len(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _parser() -> _Parser:
+    p = _Parser(prog=PROG, description="Count what runs per input: parameters stored, parameters "
+                                       "active, and FLOPs per token.")
+    sub = p.add_subparsers(dest="command", metavar="{count,catalog}", parser_class=_Parser)
+    sub.required = True
+    c = sub.add_parser("count", help="count one model: parameters, active parameters, FLOPs per token",
+                       description="Count one model. SOURCE is a catalog name, a path to a config.json "
+                                   "(or a folder holding one), or - for standard input.")
+    c.add_argument("source", metavar="SOURCE")
+    c.add_argument("--seq-len", type=_seq_len, default=2048, metavar="T",
+                   help="tokens per sequence, for attention FLOPs (default: 2048)")
+    c.add_argument("--variant", default=None, metavar="NAME",
+                   help="for a catalog name: count one of its variants (see its entry) instead")
+    c.add_argument("--json", action="store_true", help="print one JSON object")
+    g = sub.add_parser("catalog", help="list the catalog's models with their counts",
+                       description="List the catalog: total and active parameters and FLOPs per token "
+                                   "of each model, beside the published figures.")
+    g.add_argument("--seq-len", type=_seq_len, default=2048, metavar="T",
+                   help="tokens per sequence, for attention FLOPs (default: 2048)")
+    g.add_argument("--json", action="store_true", help="print one JSON object")
+    return p
+
+
+# ---------------------------------------------------------------------------------------------
+# readable numbers
+
+def human(n: float) -> str:
+    """A number in readable units with two decimals: 46702792704 -> '46.70B', 4096 -> '4.10k'."""
+    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return f"{n:.0f}" if float(n).is_integer() else f"{n:.2f}"
+
+
+def _exact(n: float) -> str:
+    return f"{n:,.0f}" if float(n).is_integer() else f"{n:,.1f}"
+
+
+def _both(n: float) -> str:
+    return f"{_exact(n)} ({human(n)})"
+
+
+def _table(header: List[str], rows: List[List[str]], right: bool = True) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = []
+    for r in [header, *rows]:
+        cells = [str(r[0]).ljust(widths[0])]
+        cells += [str(x).rjust(w) if right else str(x).ljust(w) for x, w in zip(r[1:], widths[1:])]
+        lines.append("  ".join(cells).rstrip())
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# commands
+
+def _load(source: str, variant: Optional[str]):
+    """The spec for SOURCE, and a label for it."""
+    import os
+    from . import catalog, load
+    if variant is not None:
+        e = catalog.entry(source)
+        return e.spec(variant), f"{e.title}, variant {variant!r}"
+    if source != "-" and not os.path.exists(source) and source.strip().lower() in catalog.names():
+        e = catalog.entry(source)
+        return e.spec(), f"{e.title}, catalog {e.name!r}"
+    if source == "-":
+        text = sys.stdin.read()
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise _Fail(f"standard input: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+        if not isinstance(data, dict):
+            raise _Fail(f"standard input: expected a JSON object, got {type(data).__name__}")
+        return load(data), "standard input"
+    return load(source), source
+
+
+def _count(args) -> int:
+    from .count import count
+    spec, label = _load(args.source, args.variant)
+    c = count(spec, seq_len=args.seq_len)
+    if args.json:
+        d = {"source": label, **c.as_dict(), "active_fraction": c.active_fraction}
+        print(json.dumps(d, indent=2))
+        return EXIT_OK
+    rows = []
+    for name, part in c.breakdown.items():
+        if part.params or part.active or part.flops:
+            rows.append([name, _both(part.params), _both(part.active), _both(part.flops)])
+    rows.append(["total", _both(c.total_params), _both(c.active_params), _both(c.flops_per_token)])
+    print(f"{label}; seq_len {c.seq_len}")
+    print(_table(["component", "params", "active", "FLOPs/token"], rows))
+    print()
+    print(f"active fraction         {c.active_fraction:.2%}")
+    print(f"embedding params        {_both(c.embedding_params)}  (token and position tables, untied LM head)")
+    print(f"non-embedding params    {_both(c.non_embedding_params)}")
+    print(f"training FLOPs/token    {_both(c.training_flops_per_token)}  (3 x forward)")
+    return EXIT_OK
+
+
+def _catalog(args) -> int:
+    from . import catalog
+    rows = catalog.table(seq_len=args.seq_len)
+    if args.json:
+        models = []
+        for r in rows:
+            e = catalog.entry(r.name)
+            d = r.as_dict()
+            d["published_total_as_printed"] = e.published["total_params"].as_printed if "total_params" in e.published else None
+            d["published_active_as_printed"] = e.published["active_params"].as_printed if "active_params" in e.published else None
+            models.append(d)
+        print(json.dumps({"seq_len": args.seq_len, "models": models}, indent=2))
+        return EXIT_OK
+    table = []
+    for r in rows:
+        e = catalog.entry(r.name)
+        pt = e.published.get("total_params")
+        pa = e.published.get("active_params")
+        name = r.name if r.basis == "config" else f"{r.name} ({r.basis})"
+        table.append([name, human(r.total_params), human(r.active_params), f"{r.active_fraction:.1%}",
+                      human(r.flops_per_token), pt.as_printed if pt else "-", pa.as_printed if pa else "-"])
+    print(f"seq_len {args.seq_len}; FLOPs are forward, per token (per example for dlrm-v2)")
+    print(_table(["model", "total", "active", "active %", "FLOPs/token", "published total", "published active"],
+                 table))
+    return EXIT_OK
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run the command line with ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
+    from .spec import SpecError
+    try:
+        args = _parser().parse_args(argv)
+        return _count(args) if args.command == "count" else _catalog(args)
+    except (_Fail, SpecError) as e:
+        return _error(str(e))
+    except BrokenPipeError:  # the reader went away (| head): not an error of ours
+        _silence_stdout()
+        return EXIT_OK
+    except (OSError, ValueError) as e:  # anything the loader let through: still one line
+        return _error(f"{type(e).__name__}: {e}")
+    except KeyboardInterrupt:
+        return 130
+    except SystemExit as e:  # --help, and argparse's own exits
+        return e.code if isinstance(e.code, int) else EXIT_OK
+    except Exception as e:  # a bug: one line, not a traceback
+        return _error(f"unexpected {type(e).__name__}: {e}")
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that Python's final flush does not fail again."""
+    import os
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def _error(message: str) -> int:
+    line = " ".join(message.split())  # one line, whatever the message held
+    print(f"{PROG}: error: {line}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
