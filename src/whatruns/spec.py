@@ -170,6 +170,9 @@ class MoE:
     shared_gate: bool = False  # a sigmoid gate (D -> 1) on the shared expert (Qwen2-MoE)
     router_bias: bool = False  # bias on the router's linear layer (gpt-oss)
     score_bias: bool = False  # a per-expert bias added to routing scores (DeepSeek-V3)
+    # score_bias kept as a buffer, not a parameter (Hugging Face's DeepSeek-V3 e_score_correction_bias):
+    # it is set outside gradient descent and counted in no parameter total
+    score_bias_buffer: bool = False
     router: str = "softmax_topk"  # how scores are turned into weights; see whatruns.nn
     capacity_factor: Optional[float] = None  # None: dropless
 
@@ -186,8 +189,10 @@ class MoE:
         _positive(o, "shared_experts", self.shared_experts, zero_ok=True)
         if (self.shared is None) != (self.shared_experts == 0):
             raise SpecError(f"{o}: give shared (the fused shared FFN) and shared_experts (S) together")
-        for name in ("shared_gate", "router_bias", "score_bias"):
+        for name in ("shared_gate", "router_bias", "score_bias", "score_bias_buffer"):
             _flag(o, name, getattr(self, name))
+        if self.score_bias_buffer and not self.score_bias:
+            raise SpecError(f"{o}: score_bias_buffer needs score_bias")
         if self.shared_gate and self.shared is None:
             raise SpecError(f"{o}: shared_gate needs a shared expert")
         if self.router not in ROUTERS:

@@ -1,0 +1,640 @@
+"""Hugging Face ``config.json`` -> :class:`~whatruns.spec.Transformer`.
+
+:func:`load` takes a catalog name, a path to a ``config.json`` (or a folder holding one) or a
+config dict; :func:`from_hf` reads a Hugging Face config dict.
+
+The rule this module follows: **read every field the way ``transformers`` (5.24) reads it**, in
+its config class *and* in its modeling code, defaults included. The count of the spec it returns
+is then exactly the number of parameters ``transformers`` instantiates for the config (the tests
+hold it to that, on the meta device). Where the two places disagree, the modeling code wins,
+because it is what builds the weights. A few examples of what that means:
+
+* ``head_dim`` -- Llama and Mistral derive it as ``hidden_size // num_attention_heads`` when it is
+  absent; Qwen3, gpt-oss and Llama 4 default to a fixed 128, 64 and 128 instead; Qwen2 and the
+  Qwen MoE classes have no such field but their attention reads one if the file has it.
+* defaults that are not the obvious ones -- ``num_key_value_heads`` is 8 for Mistral when absent
+  (not the number of heads), 32 for Qwen2; GPT-2 ties its embeddings, Llama does not.
+* biases -- Qwen2 has them on q, k, v but not on the output projection; Llama's
+  ``attention_bias`` covers the output projection too; Mistral has none whatever the file says.
+* which layers are MoE -- ``decoder_sparse_step`` and ``mlp_only_layers`` (Qwen MoE),
+  ``first_k_dense_replace`` (DeepSeek; ``moe_layer_freq`` is not read by ``transformers``),
+  ``moe_layers`` / ``interleave_moe_layer_step`` (Llama 4), the sparse-step arithmetic of the
+  Switch Transformer (every other layer; see :func:`_switch_sparse`).
+
+What a config must hold: the sizes that say which model it is -- vocabulary, width, layers,
+heads, FFN and expert widths, number of experts -- must be present, even where ``transformers``
+would fill in a default (a file without ``hidden_size`` describes no particular model).
+Everything else (key/value heads, ``head_dim``, top-k, flags, ...) takes the class default.
+A size must be a JSON integer (``4096``; not ``4096.0``, ``"4096"`` or ``true``, which
+``transformers``' strict config classes refuse too) and positive. A flag must be ``true`` or ``false``.
+
+Bad input raises :class:`~whatruns.spec.SpecError` with a one-line message.
+
+Attention patterns that change FLOPs but not parameters (sliding windows) are carried into
+``Transformer.sliding_window`` / ``sliding_layers``; Llama 4's chunked attention is not (the spec
+has no field for it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+from .spec import FFN, MoE, Attention, Norm, SpecError, Transformer, from_dict
+
+__all__ = ["load", "from_hf", "SUPPORTED"]
+
+_REQUIRED = object()  # a size with no default: it must be in the config
+_ABSENT = object()
+
+
+# ---------------------------------------------------------------------------------------------
+# entry points
+
+def load(source):
+    """A spec from a catalog name, a path to a ``config.json`` (or a folder holding one),
+    or a config dict.
+
+    * a ``str`` that is not an existing path and does not end in ``.json`` is a catalog name
+      (:func:`whatruns.catalog.config`);
+    * a dict with a ``"whatruns"`` key is the library's own format (:func:`whatruns.spec.from_dict`);
+    * a dict with a ``"model_type"`` key is a Hugging Face config (:func:`from_hf`).
+    """
+    if isinstance(source, dict):
+        return _from_any_dict(source, "config")
+    if isinstance(source, (str, os.PathLike)) and not isinstance(source, bytes):
+        text = os.fspath(source)
+        if isinstance(source, str) and not os.path.exists(text) and not text.endswith(".json"):
+            try:  # imported here: the catalog itself reads configs through this module
+                from .catalog import config as catalog_config
+            except ModuleNotFoundError as e:
+                if e.name != f"{__package__}.catalog":
+                    raise
+                raise SpecError(f"{text!r} is not a file, and there is no catalog to look it up in") from None
+            return _from_any_dict(catalog_config(text), f"catalog entry {text!r}")
+        return _from_any_dict(_read_json(Path(text)), text)
+    raise SpecError(f"cannot load a {type(source).__name__}: give a catalog name, a path to a config.json, or a dict")
+
+
+def _read_json(path: Path) -> dict:
+    if path.is_dir():
+        path = path / "config.json"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpecError(f"{path}: cannot read it ({type(e).__name__}: {e})".replace("\n", " ")) from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SpecError(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: expected a JSON object, got {_json_type(data)}")
+    return data
+
+
+def _json_type(x) -> str:
+    return {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean",
+            type(None): "null"}.get(type(x), type(x).__name__)
+
+
+def _from_any_dict(d, where: str):
+    if not isinstance(d, dict):
+        raise SpecError(f"{where}: expected a JSON object, got {_json_type(d)}")
+    if "whatruns" in d:
+        return from_dict(d)
+    return from_hf(d)
+
+
+def from_hf(config: dict) -> Transformer:
+    """A :class:`~whatruns.spec.Transformer` from a Hugging Face config dict (the contents of a
+    ``config.json``), for the model types in :data:`SUPPORTED`."""
+    if not isinstance(config, dict):
+        raise SpecError(f"a Hugging Face config must be a JSON object, got {_json_type(config)}")
+    mt = config.get("model_type", _ABSENT)
+    supported = ", ".join(sorted(SUPPORTED))
+    if mt is _ABSENT:
+        raise SpecError(f"config has no model_type; supported model types: {supported}")
+    if not isinstance(mt, str) or mt not in SUPPORTED:
+        raise SpecError(f"unknown model_type {mt!r}; supported model types: {supported}")
+    reader = SUPPORTED[mt]
+    try:
+        return reader(config)
+    except SpecError as e:
+        msg = str(e)
+        raise SpecError(msg if msg.startswith(f"{mt} config") else f"{mt} config: {msg}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# reading fields the way transformers' strict config classes accept them
+
+class _Config:
+    """A config dict read with the names, aliases (``attribute_map``) and defaults of one
+    ``transformers`` config class. Every read checks the JSON type."""
+
+    def __init__(self, d: dict, where: str, aliases: Optional[Dict[str, str]] = None):
+        self.d = d
+        self.where = where
+        self.aliases = aliases or {}  # field -> its other name in attribute_map
+
+    def error(self, msg: str) -> SpecError:
+        return SpecError(f"{self.where}: {msg}")
+
+    def has(self, key: str) -> bool:
+        return key in self.d or (key in self.aliases and self.aliases[key] in self.d)
+
+    def raw(self, key: str, default=_ABSENT):
+        alias = self.aliases.get(key)
+        if key in self.d and alias in self.d and self.d[key] != self.d[alias]:
+            raise self.error(f"{key} ({self.d[key]!r}) and its alias {alias} ({self.d[alias]!r}) disagree")
+        if key in self.d:
+            return self.d[key]
+        if alias in self.d:
+            return self.d[alias]
+        return default
+
+    def size(self, key: str, default=_REQUIRED, zero_ok: bool = False, none: bool = False):
+        """An integer field: positive (or non-negative with ``zero_ok``), or None if ``none``."""
+        v = self.raw(key)
+        if v is _ABSENT:
+            if default is _REQUIRED:
+                raise self.error(f"{key} is missing")
+            v = default
+        if v is None and none:
+            return None
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise self.error(f"{key} must be an integer, got {v!r}")
+        if v < 0 or (v == 0 and not zero_ok):
+            raise self.error(f"{key} must be {'non-negative' if zero_ok else 'positive'}, got {v}")
+        return v
+
+    def flag(self, key: str, default: bool) -> bool:
+        v = self.raw(key, default)
+        if not isinstance(v, bool):
+            raise self.error(f"{key} must be true or false, got {v!r}")
+        return v
+
+    def int_list(self, key: str, default):
+        v = self.raw(key, default)
+        if v is None:
+            return None
+        if not isinstance(v, list) or any(isinstance(i, bool) or not isinstance(i, int) for i in v):
+            raise self.error(f"{key} must be a list of integers, got {v!r}")
+        return v
+
+    def name(self, model_type: str) -> str:
+        for key in ("_name_or_path", "name"):
+            v = self.d.get(key)
+            if isinstance(v, str) and v:
+                return v
+        return model_type
+
+
+_ACTIVATIONS = {  # transformers' ACT2FN name -> whatruns'
+    "silu": "silu", "swish": "silu",
+    "gelu": "gelu",
+    "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh",
+    "relu": "relu",
+}
+
+
+def _activation(c: _Config, key: str, default: str) -> str:
+    v = c.raw(key, default)
+    if not isinstance(v, str) or v not in _ACTIVATIONS:
+        raise c.error(f"{key} {v!r} is not one whatruns models ({', '.join(_ACTIVATIONS)})")
+    return _ACTIVATIONS[v]
+
+
+def _kv_heads(c: _Config, heads: int, default, nullable: bool = True) -> int:
+    """``num_key_value_heads``: absent -> the class default; ``null`` -> the number of heads where
+    the class allows null and replaces it (Llama, Qwen2, Qwen3, DeepSeek), an error elsewhere."""
+    kv = c.raw("num_key_value_heads", default)
+    if kv is None and nullable:
+        return heads
+    kv = c.size("num_key_value_heads", default)
+    if heads % kv:
+        raise c.error(f"num_attention_heads ({heads}) must be a multiple of num_key_value_heads ({kv})")
+    return kv
+
+
+def _derived_head_dim(c: _Config, width: int, heads: int, width_key: str = "hidden_size",
+                      heads_key: str = "num_attention_heads") -> int:
+    if width % heads:
+        raise c.error(f"{width_key} ({width}) must be a multiple of {heads_key} ({heads})")
+    return width // heads
+
+
+def _head_dim(c: _Config, width: int, heads: int, default, nullable: bool = True) -> int:
+    """``head_dim`` when the file gives it, else ``default``: an int, or None for derived
+    (``hidden_size // num_attention_heads``, which must then divide exactly). An explicit ``null``
+    derives it too where the class allows null, and is an error where it does not."""
+    v = c.raw("head_dim", _ABSENT)
+    if v is _ABSENT:
+        v = default
+    elif v is None and not nullable:
+        raise c.error("head_dim must be an integer, got None")
+    if v is None:
+        return _derived_head_dim(c, width, heads)
+    return c.size("head_dim", v)
+
+
+def _top_k(c: _Config, key: str, experts: int, default=_REQUIRED, experts_key: str = "num_experts") -> int:
+    k = c.size(key, default)
+    if k > experts:
+        raise c.error(f"{key} ({k}) cannot exceed the number of experts, {experts_key} ({experts})")
+    return k
+
+
+def _layer_types(c: _Config, layers: int, default: List[str]) -> List[str]:
+    v = c.raw("layer_types", None)
+    if v is None:
+        return default
+    if not isinstance(v, list) or not all(isinstance(t, str) for t in v):
+        raise c.error(f"layer_types must be a list of strings, got {v!r}")
+    if len(v) != layers:
+        raise c.error(f"layer_types has {len(v)} entries for {layers} layers")
+    return v
+
+
+def _window(c: _Config, value, sliding: List[int]):
+    """(sliding_window, sliding_layers) for the spec; the window only matters on sliding layers."""
+    if value is None or not sliding:
+        return 0, ()
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise c.error(f"sliding_window must be a positive integer or null, got {value!r}")
+    return value, tuple(sliding)
+
+
+def _sliding_window_value(c: _Config, default):
+    v = c.raw("sliding_window", default)
+    if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
+        raise c.error(f"sliding_window must be a positive integer or null, got {v!r}")
+    return v
+
+
+# ---------------------------------------------------------------------------------------------
+# one reader per model type
+
+def _gpt2(d: dict) -> Transformer:
+    """GPT-2: learned positions (``n_positions``), LayerNorm with bias, biases on every
+    projection (Conv1D), an ungated FFN of ``n_inner`` (default 4·D), tied embeddings."""
+    c = _Config(d, "gpt2 config", {"n_embd": "hidden_size", "n_positions": "max_position_embeddings",
+                                   "n_head": "num_attention_heads", "n_layer": "num_hidden_layers"})
+    D = c.size("n_embd")
+    H = c.size("n_head")
+    if c.flag("add_cross_attention", False):
+        raise c.error("add_cross_attention (a GPT-2 used as a decoder with cross-attention) is not supported")
+    inner = c.size("n_inner", None, none=True)
+    return Transformer(
+        vocab=c.size("vocab_size"), width=D, layers=c.size("n_layer"),
+        attention=Attention(heads=H, kv_heads=H, head_dim=_derived_head_dim(c, D, H, "n_embd", "n_head"),
+                            bias=True, out_bias=True),
+        ffn=FFN(4 * D if inner is None else inner, gated=False, bias=True,
+                activation=_activation(c, "activation_function", "gelu_new")),
+        norm=Norm("layernorm", bias=True), tied=c.flag("tie_word_embeddings", True),
+        positions=c.size("n_positions", 1024), name=c.name("gpt2"))
+
+
+def _llama_like(d: dict, model_type: str) -> Transformer:
+    """Llama, Mistral, Qwen2, Qwen3: dense, RMSNorm, gated SiLU FFN; they differ in biases,
+    head_dim and key/value-head defaults, QK-norm and sliding windows."""
+    c = _Config(d, f"{model_type} config")
+    D, H, L = c.size("hidden_size"), c.size("num_attention_heads"), c.size("num_hidden_layers")
+    if model_type == "llama":
+        _derived_head_dim(c, D, H)  # LlamaConfig.validate_architecture insists, even with a head_dim
+        dh = _head_dim(c, D, H, None)
+        kv = _kv_heads(c, H, None)
+        bias = out_bias = c.flag("attention_bias", False)
+        ffn_bias = c.flag("mlp_bias", False)
+        qk_norm = False
+        window, sliding = None, []
+    elif model_type == "mistral":
+        dh = _head_dim(c, D, H, None)
+        kv = _kv_heads(c, H, 8, nullable=False)
+        bias = out_bias = ffn_bias = qk_norm = False  # no bias whatever the file says
+        window = _sliding_window_value(c, 4096)
+        sliding = list(range(L))  # MistralModel uses the sliding mask on every layer
+    elif model_type in ("qwen2", "qwen3"):
+        if model_type == "qwen2":
+            dh = _head_dim(c, D, H, None, nullable=False)  # not a Qwen2Config field, but the attention reads it
+            bias, out_bias, qk_norm = True, False, False
+        else:
+            dh = _head_dim(c, D, H, 128, nullable=False)
+            bias = out_bias = c.flag("attention_bias", False)
+            qk_norm = True
+        ffn_bias = False
+        kv = _kv_heads(c, H, 32)
+        use = c.flag("use_sliding_window", False)
+        window = _sliding_window_value(c, 4096) if use else None
+        max_window = c.size("max_window_layers", 28, zero_ok=True)
+        types = _layer_types(c, L, ["sliding_attention" if window is not None and i >= max_window
+                                    else "full_attention" for i in range(L)])
+        sliding = [i for i, t in enumerate(types) if t == "sliding_attention"]
+    else:  # pragma: no cover
+        raise AssertionError(model_type)
+    sw, sl = _window(c, window, sliding)
+    return Transformer(
+        vocab=c.size("vocab_size"), width=D, layers=L,
+        attention=Attention(heads=H, kv_heads=kv, head_dim=dh, bias=bias, out_bias=out_bias, qk_norm=qk_norm),
+        ffn=FFN(c.size("intermediate_size"), bias=ffn_bias, activation=_activation(c, "hidden_act", "silu")),
+        tied=c.flag("tie_word_embeddings", False), sliding_window=sw, sliding_layers=sl,
+        name=c.name(model_type))
+
+
+def _mixtral(d: dict) -> Transformer:
+    """Mixtral: every layer a MoE of ``num_local_experts`` gated experts of ``intermediate_size``;
+    softmax, top-k, renormalised (= top-k then softmax)."""
+    c = _Config(d, "mixtral config", {"num_local_experts": "num_experts"})
+    D, H, L = c.size("hidden_size"), c.size("num_attention_heads"), c.size("num_hidden_layers")
+    E = c.size("num_local_experts")
+    act = _activation(c, "hidden_act", "silu")
+    sw, sl = _window(c, _sliding_window_value(c, None), list(range(L)))
+    return Transformer(
+        vocab=c.size("vocab_size"), width=D, layers=L,
+        attention=Attention(heads=H, kv_heads=_kv_heads(c, H, 8, nullable=False), head_dim=_head_dim(c, D, H, None)),
+        moe=MoE(experts=E, top_k=_top_k(c, "num_experts_per_tok", E, 2, "num_local_experts"),
+                expert=FFN(c.size("intermediate_size"), activation=act), router="topk_softmax"),
+        moe_layers=tuple(range(L)), tied=c.flag("tie_word_embeddings", False),
+        sliding_window=sw, sliding_layers=sl, name=c.name("mixtral"))
+
+
+def _qwen_moe(d: dict, model_type: str) -> Transformer:
+    """Qwen1.5/2-MoE and Qwen3-MoE. Layer i is MoE when ``num_experts > 0``, ``(i + 1) %
+    decoder_sparse_step == 0`` and i is not in ``mlp_only_layers``; the others are dense FFNs of
+    ``intermediate_size``. Qwen2-MoE adds a shared expert with a sigmoid gate and q/k/v biases;
+    Qwen3-MoE has QK-norm and no shared expert."""
+    qwen3 = model_type == "qwen3_moe"
+    c = _Config(d, f"{model_type} config", {"num_experts": "num_local_experts"})
+    D, H, L = c.size("hidden_size"), c.size("num_attention_heads"), c.size("num_hidden_layers")
+    E = c.size("num_experts", zero_ok=True)
+    step = c.size("decoder_sparse_step", 1)
+    only = c.int_list("mlp_only_layers", None) or []
+    moe_layers = tuple(i for i in range(L) if i not in only and E > 0 and (i + 1) % step == 0)
+    act = _activation(c, "hidden_act", "silu")
+    moe = None
+    if moe_layers:
+        router = "topk_softmax" if c.flag("norm_topk_prob", False) else "softmax_topk"
+        k = _top_k(c, "num_experts_per_tok", E, 8 if qwen3 else 4)
+        expert = FFN(c.size("moe_intermediate_size"), activation=act)
+        if qwen3:
+            moe = MoE(experts=E, top_k=k, expert=expert, router=router)
+        else:
+            moe = MoE(experts=E, top_k=k, expert=expert, router=router, shared_experts=1, shared_gate=True,
+                      shared=FFN(c.size("shared_expert_intermediate_size"), activation=act))
+    ffn = FFN(c.size("intermediate_size"), activation=act) if len(moe_layers) < L else None
+    if qwen3:
+        attn = Attention(heads=H, kv_heads=_kv_heads(c, H, 4, nullable=False),
+                         head_dim=_head_dim(c, D, H, None, nullable=False),
+                         bias=c.flag("attention_bias", False), out_bias=c.flag("attention_bias", False),
+                         qk_norm=True)
+        window = _sliding_window_value(c, 4096) if c.flag("use_sliding_window", False) else None
+        sliding = list(range(L))  # the attention reads config.sliding_window on every layer
+    else:
+        # Qwen2MoeConfig allows null but never replaces it, and its attention then fails: an error here
+        attn = Attention(heads=H, kv_heads=_kv_heads(c, H, 16, nullable=False), head_dim=_head_dim(c, D, H, None, nullable=False),
+                         bias=c.flag("qkv_bias", True))
+        use = c.flag("use_sliding_window", False)
+        window = _sliding_window_value(c, 4096) if use else None
+        max_window = c.size("max_window_layers", 28, zero_ok=True)
+        types = _layer_types(c, L, ["sliding_attention" if (i + 1) % 2 and i < max_window and use
+                                    else "full_attention" for i in range(L)])
+        sliding = [i for i, t in enumerate(types) if t == "sliding_attention"]
+    sw, sl = _window(c, window, sliding)
+    return Transformer(vocab=c.size("vocab_size"), width=D, layers=L, attention=attn, ffn=ffn, moe=moe,
+                       moe_layers=moe_layers, tied=c.flag("tie_word_embeddings", False),
+                       sliding_window=sw, sliding_layers=sl, name=c.name(model_type))
+
+
+def _deepseek(d: dict, model_type: str) -> Transformer:
+    """DeepSeek-V2 / V3 (and Kimi K2, which ships a ``deepseek_v3`` config): multi-head latent
+    attention, the first ``first_k_dense_replace`` layers dense, the rest MoE with
+    ``n_shared_experts`` shared experts fused into one FFN.
+
+    V2 routes by softmax then top-k (``norm_topk_prob`` is not read by its modeling code);
+    V3 by sigmoid scores plus a per-expert correction bias (``e_score_correction_bias``, a buffer
+    in ``transformers``, so no parameter), top-k, renormalised. V2's ``attention_bias`` and
+    ``mlp_bias`` put biases on the q/kv down-projections and the output projection, and on the dense
+    and shared FFNs; V3 reads only ``attention_bias``. ``q_lora_rank: null`` means no query
+    compression. The multi-token-prediction layers of V3 are not instantiated, so not counted.
+    """
+    v3 = model_type == "deepseek_v3"
+    aliases = {"n_routed_experts": "num_local_experts" if v3 else "num_experts"}
+    c = _Config(d, f"{model_type} config", aliases)
+    D, H, L = c.size("hidden_size"), c.size("num_attention_heads"), c.size("num_hidden_layers")
+    if not v3:
+        _derived_head_dim(c, D, H)  # DeepseekV2Config.validate_architecture
+    kv = c.raw("num_key_value_heads", 128 if v3 else None)
+    if kv is not None and c.size("num_key_value_heads", kv) != H:
+        raise c.error(f"num_key_value_heads ({kv}) must equal num_attention_heads ({H}): "
+                      "MLA has one key/value head per query head")
+    q_lora = c.size("q_lora_rank", 1536, none=True)
+    rope, nope = c.size("qk_rope_head_dim", 64), c.size("qk_nope_head_dim", 128)
+    attn_bias = c.flag("attention_bias", False)
+    mlp_bias = False if v3 else c.flag("mlp_bias", False)
+    attn = Attention(heads=H, kv_heads=H, head_dim=nope + rope, v_head_dim=c.size("v_head_dim", 128),
+                     bias=attn_bias, out_bias=attn_bias, q_lora_rank=q_lora or 0,
+                     kv_lora_rank=c.size("kv_lora_rank", 512), rope_head_dim=rope)
+    first_dense = c.size("first_k_dense_replace", 3 if v3 else 0, zero_ok=True)
+    moe_layers = tuple(range(first_dense, L))
+    act = _activation(c, "hidden_act", "silu")
+    moe = None
+    if moe_layers:
+        E = c.size("n_routed_experts")
+        k = _top_k(c, "num_experts_per_tok", E, 8 if v3 else _REQUIRED, "n_routed_experts")
+        F = c.size("moe_intermediate_size")
+        S = c.size("n_shared_experts", 1 if v3 else 2, zero_ok=True)
+        if S == 0 and mlp_bias:
+            raise c.error("n_shared_experts 0 with mlp_bias builds a shared FFN of width 0 that still has "
+                          "an output bias; whatruns does not model that")
+        shared = FFN(F * S, bias=mlp_bias, activation=act) if S else None
+        moe = MoE(experts=E, top_k=k, expert=FFN(F, activation=act), shared=shared, shared_experts=S,
+                  router="sigmoid_topk" if v3 else "softmax_topk", score_bias=v3, score_bias_buffer=v3)
+    ffn = FFN(c.size("intermediate_size"), bias=mlp_bias, activation=act) if first_dense else None
+    return Transformer(vocab=c.size("vocab_size"), width=D, layers=L, attention=attn, ffn=ffn, moe=moe,
+                       moe_layers=moe_layers, tied=c.flag("tie_word_embeddings", False),
+                       name=c.name(model_type))
+
+
+def _dbrx(d: dict) -> Transformer:
+    """DBRX: sizes nested in ``attn_config`` (``kv_n_heads``) and ``ffn_config`` (``ffn_hidden_size``,
+    ``moe_num_experts``, ``moe_top_k``, ``ffn_act_fn``); LayerNorm without bias; a fused q/k/v
+    projection without bias; every layer MoE. Tied embeddings are refused (as ``transformers`` does).
+    The router takes the softmax over all experts and the top k; ``moe_normalize_expert_weights`` 1
+    (the default) divides those by their sum (= top-k then softmax), null leaves them; other p-norms
+    are refused. (transformers 5.24 wants 1.0 there and refuses a JSON 1; whatruns reads both.)"""
+    c = _Config(d, "dbrx config", {"d_model": "hidden_size", "n_heads": "num_attention_heads",
+                                   "n_layers": "num_hidden_layers"})
+    D, H, L = c.size("d_model"), c.size("n_heads"), c.size("n_layers")
+    sub = {}
+    for key in ("attn_config", "ffn_config"):
+        v = c.raw(key, None)
+        if v is not None and not isinstance(v, dict):
+            raise c.error(f"{key} must be an object, got {v!r}")
+        sub[key] = v or {}
+    a = _Config(sub["attn_config"], "dbrx config: attn_config")
+    f = _Config(sub["ffn_config"], "dbrx config: ffn_config")
+    if c.flag("tie_word_embeddings", False):
+        raise c.error("tie_word_embeddings is not supported for DBRX (transformers refuses it too)")
+    dh = _derived_head_dim(c, D, H, "d_model", "n_heads")
+    kv = a.size("kv_n_heads", 1)
+    if H % kv:
+        raise a.error(f"n_heads ({H}) must be a multiple of kv_n_heads ({kv})")
+    E = f.size("moe_num_experts")
+    act_fn = f.raw("ffn_act_fn", None)
+    if act_fn is None:
+        act_fn = {"name": "silu"}
+    if not isinstance(act_fn, dict):
+        raise f.error(f"ffn_act_fn must be an object like {{\"name\": \"silu\"}}, got {act_fn!r}")
+    act = _activation(_Config(act_fn, "dbrx config: ffn_config.ffn_act_fn"), "name", "silu")
+    p = f.raw("moe_normalize_expert_weights", 1.0)
+    if p is None:
+        router = "softmax_topk"
+    elif not isinstance(p, bool) and p == 1:
+        router = "topk_softmax"  # top-k of the softmax, divided by its L1 norm
+    else:
+        raise f.error(f"moe_normalize_expert_weights {p!r}: only 1 (renormalise) or null are modelled")
+    return Transformer(
+        vocab=c.size("vocab_size"), width=D, layers=L,
+        attention=Attention(heads=H, kv_heads=kv, head_dim=dh),
+        moe=MoE(experts=E, top_k=_top_k(f, "moe_top_k", E, 1, "moe_num_experts"),
+                expert=FFN(f.size("ffn_hidden_size"), activation=act), router=router),
+        moe_layers=tuple(range(L)), norm=Norm("layernorm", bias=False), tied=False, name=c.name("dbrx"))
+
+
+def _gpt_oss(d: dict) -> Transformer:
+    """gpt-oss: biases on q, k, v, o (``attention_bias``), one learned sink logit per head, every
+    layer MoE with biased experts (fused gate/up, clamped SwiGLU) and a biased router (top-k then
+    softmax); sliding-window attention on the layers ``layer_types`` marks (by default every other)."""
+    c = _Config(d, "gpt_oss config", {"num_local_experts": "num_experts"})
+    D, H, L = c.size("hidden_size"), c.size("num_attention_heads"), c.size("num_hidden_layers")
+    E = c.size("num_local_experts")
+    bias = c.flag("attention_bias", True)
+    types = _layer_types(c, L, ["sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(L)])
+    sw, sl = _window(c, _sliding_window_value(c, 128),
+                     [i for i, t in enumerate(types) if t == "sliding_attention"])
+    return Transformer(
+        vocab=c.size("vocab_size"), width=D, layers=L,
+        attention=Attention(heads=H, kv_heads=_kv_heads(c, H, 8, nullable=False),
+                            head_dim=_head_dim(c, D, H, 64, nullable=False),
+                            bias=bias, out_bias=bias, sinks=True),
+        moe=MoE(experts=E, top_k=_top_k(c, "num_experts_per_tok", E, 4, "num_local_experts"),
+                expert=FFN(c.size("intermediate_size"), bias=True, activation="swiglu_oai"),
+                router_bias=True, router="topk_softmax"),
+        moe_layers=tuple(range(L)), tied=c.flag("tie_word_embeddings", False),
+        sliding_window=sw, sliding_layers=sl, name=c.name("gpt_oss"))
+
+
+def _llama4(d: dict) -> Transformer:
+    """Llama 4 (the composite ``llama4`` config: its ``text_config``; or ``llama4_text``).
+
+    MoE layers are ``moe_layers`` if given, else every ``interleave_moe_layer_step``-th layer
+    (step - 1, 2·step - 1, ...). A MoE layer has routed experts of ``intermediate_size`` plus one
+    shared expert of the same width, routed by top-k of the logits then a sigmoid (no
+    renormalisation); dense layers have an FFN of ``intermediate_size_mlp``. The QK-norm is an L2
+    norm without weights, so it adds no parameters. The vision tower is not counted."""
+    name = None
+    if d.get("model_type") == "llama4":
+        name = _Config(d, "llama4 config").name("llama4")
+        text = d.get("text_config")
+        if not isinstance(text, dict):
+            raise SpecError(f"llama4 config: text_config must be an object, got {_json_type(text)}")
+        d = text
+        where = "llama4 config: text_config"
+    else:
+        where = "llama4_text config"
+    c = _Config(d, where)
+    D, H, L = c.size("hidden_size"), c.size("num_attention_heads"), c.size("num_hidden_layers")
+    listed = c.int_list("moe_layers", None)
+    if listed is None:
+        step = c.size("interleave_moe_layer_step", 1)
+        listed = list(range(step - 1, L, step))
+    moe_layers = tuple(i for i in range(L) if i in listed)
+    act = _activation(c, "hidden_act", "silu")
+    moe = None
+    if moe_layers:
+        E = c.size("num_local_experts")
+        F = c.size("intermediate_size")
+        moe = MoE(experts=E, top_k=_top_k(c, "num_experts_per_tok", E, 1, "num_local_experts"),
+                  expert=FFN(F, activation=act), shared=FFN(F, activation=act), shared_experts=1,
+                  router="sigmoid_topk")
+    ffn = FFN(c.size("intermediate_size_mlp"), activation=act) if len(moe_layers) < L else None
+    bias = c.flag("attention_bias", False)
+    return Transformer(
+        vocab=c.size("vocab_size"), width=D, layers=L,
+        attention=Attention(heads=H, kv_heads=_kv_heads(c, H, 8, nullable=False),
+                            head_dim=_head_dim(c, D, H, 128, nullable=False),
+                            bias=bias, out_bias=bias),
+        ffn=ffn, moe=moe, moe_layers=moe_layers, tied=c.flag("tie_word_embeddings", False),
+        name=name or c.name("llama4_text"))
+
+
+def _switch_sparse(layers: int, step) -> tuple:
+    """The sparse layers of one Switch stack, as ``SwitchTransformersStack`` picks them:
+    layer i is sparse when ``i % step == 1`` or ``step == 1`` (and none when ``step <= 0``).
+
+    ``step`` is ``layers // num_sparse_layers`` -- so 6 sparse of 12 gives the odd layers -- or
+    ``layers`` when ``num_sparse_layers`` is 0. That last case, meant to give no sparse layer,
+    still makes layer 1 sparse (and every layer when the stack has one layer); we follow it.
+    """
+    return tuple(i for i in range(layers) if step > 0 and (i % step == 1 or step == 1))
+
+
+def _switch(d: dict) -> Transformer:
+    """Switch Transformer (T5 encoder-decoder): ungated FFNs of ``d_ff`` (``dense_act_fn``) without
+    biases, T5's weight-only RMS LayerNorm, a relative-position bias in the first layer of each
+    stack, top-1 routing with a router of ``num_experts`` (bias if ``router_bias``).
+    ``num_sparse_encoder_layers`` / ``num_sparse_decoder_layers`` set each stack's sparse-layer step
+    (an ``encoder_sparse_step`` / ``decoder_sparse_step`` in the file overrides it, as in
+    ``transformers``). Expert capacity (``expert_capacity``, in tokens) is not carried over."""
+    c = _Config(d, "switch_transformers config", {"d_model": "hidden_size", "num_heads": "num_attention_heads",
+                                                  "num_layers": "num_hidden_layers"})
+    D, H = c.size("d_model"), c.size("num_heads")
+    enc = c.size("num_layers")
+    dec = c.size("num_decoder_layers", 12, none=True)  # absent: 12 (the class default); null: num_layers
+    dec = enc if dec is None else dec
+    steps = []
+    for stack, n in (("encoder", enc), ("decoder", dec)):
+        sparse = c.size(f"num_sparse_{stack}_layers", 3, zero_ok=True)
+        default = n // sparse if sparse > 0 else n
+        step = c.raw(f"{stack}_sparse_step", default)
+        if isinstance(step, bool) or not isinstance(step, int):
+            raise c.error(f"{stack}_sparse_step must be an integer, got {step!r}")
+        steps.append(step)
+    enc_moe, dec_moe = _switch_sparse(enc, steps[0]), _switch_sparse(dec, steps[1])
+    if not c.flag("tie_word_embeddings", True):
+        raise c.error("tie_word_embeddings false is not supported: transformers 5.24 then gives each stack its "
+                      "own input embedding besides the unused shared one")
+    ffn = FFN(c.size("d_ff"), gated=False, activation=_activation(c, "dense_act_fn", "relu"))
+    moe = None
+    if enc_moe or dec_moe:
+        moe = MoE(experts=c.size("num_experts"), top_k=1, expert=ffn,
+                  router_bias=c.flag("router_bias", False), router="softmax_topk")
+    return Transformer(
+        vocab=c.size("vocab_size"), width=D, layers=dec,
+        attention=Attention(heads=H, kv_heads=H, head_dim=c.size("d_kv", 64)),
+        ffn=ffn if (len(enc_moe) < enc or len(dec_moe) < dec) else None, moe=moe, moe_layers=dec_moe,
+        tied=True, relative_buckets=c.size("relative_attention_num_buckets", 32, zero_ok=True),
+        encoder_layers=enc, encoder_moe_layers=enc_moe, name=c.name("switch_transformers"))
+
+
+SUPPORTED: Dict[str, Callable[[dict], Transformer]] = {
+    "gpt2": _gpt2,
+    "llama": lambda d: _llama_like(d, "llama"),
+    "mistral": lambda d: _llama_like(d, "mistral"),
+    "qwen2": lambda d: _llama_like(d, "qwen2"),
+    "qwen3": lambda d: _llama_like(d, "qwen3"),
+    "mixtral": _mixtral,
+    "qwen2_moe": lambda d: _qwen_moe(d, "qwen2_moe"),
+    "qwen3_moe": lambda d: _qwen_moe(d, "qwen3_moe"),
+    "deepseek_v2": lambda d: _deepseek(d, "deepseek_v2"),
+    "deepseek_v3": lambda d: _deepseek(d, "deepseek_v3"),
+    "dbrx": _dbrx,
+    "gpt_oss": _gpt_oss,
+    "llama4": _llama4,
+    "llama4_text": _llama4,
+    "switch_transformers": _switch,
+}
+"""The model types :func:`from_hf` reads, each with the function that reads it."""
