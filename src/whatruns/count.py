@@ -24,6 +24,7 @@ For a DLRM-style :class:`~whatruns.spec.EmbeddingModel` one "token" is one examp
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Dict
 
@@ -99,6 +100,28 @@ def matmul_flops(m: int, k: int, n: int) -> int:
     return 2 * m * k * n
 
 
+def matmul_bytes(m: int, k: int, n: int, bytes_per_element: int = 4) -> int:
+    """Bytes an (m x k) @ (k x n) product moves at the least: both operands read once and the
+    result written once, ``bytes_per_element`` each (4 for fp32, 2 for bf16). Chapter
+    "Counting what runs" (arithmetic intensity)."""
+    return bytes_per_element * (m * k + k * n + m * n)
+
+
+def arithmetic_intensity(flops: float, nbytes: float) -> float:
+    """FLOPs done per byte moved to or from memory, e.g.
+    ``arithmetic_intensity(matmul_flops(m, k, n), matmul_bytes(m, k, n))``. An op whose intensity
+    is below the machine's FLOP/s divided by its bytes/s is limited by memory, not arithmetic.
+    Chapter "Counting what runs"."""
+    return flops / nbytes
+
+
+def roofline(intensity: float, peak_flops: float, bandwidth: float) -> float:
+    """The FLOP/s an op of this arithmetic intensity can reach on a machine of ``peak_flops``
+    FLOP/s and ``bandwidth`` bytes/s: ``min(peak_flops, intensity * bandwidth)`` (the roofline
+    model of Williams et al. 2009). Chapter "Counting what runs"."""
+    return min(peak_flops, intensity * bandwidth)
+
+
 def ffn_params(D: int, ffn: FFN) -> int:
     """Parameters of one FFN of width F on width D: 2 or 3 matrices of D x F, plus biases."""
     if ffn.gated:  # gate and up (D -> F each), down (F -> D)
@@ -124,7 +147,7 @@ def attention_params(D: int, a: Attention) -> int:
               + linear_params(a.kv_lora_rank, H * (nope + dv)))
         n = q + kv
     else:
-        n = linear_params(D, H * dh, a.bias) + 2 * linear_params(D, K * dh, a.bias)
+        n = linear_params(D, H * dh, a.bias) + linear_params(D, K * dh, a.bias) + linear_params(D, K * dv, a.bias)
     n += linear_params(H * dv, D, a.out_bias)
     if a.qk_norm:
         n += 2 * dh
@@ -141,7 +164,7 @@ def attention_projection_flops(D: int, a: Attention) -> int:
         q = 2 * D * H * dh if not a.q_lora_rank else 2 * (D * a.q_lora_rank + a.q_lora_rank * H * dh)
         kv = 2 * (D * (a.kv_lora_rank + a.rope_head_dim) + a.kv_lora_rank * H * (nope + dv))
         return q + kv + 2 * H * dv * D
-    return 2 * D * (H * dh + 2 * K * dh) + 2 * H * dv * D
+    return 2 * D * (H * dh + K * dh + K * dv) + 2 * H * dv * D
 
 
 def attention_score_flops(a: Attention, keys: float) -> float:
@@ -160,7 +183,51 @@ def mean_keys(T: int, causal: bool, window: int = 0) -> float:
 
 
 def router_params(D: int, moe: MoE) -> int:
-    return linear_params(D, moe.experts, moe.router_bias) + (moe.experts if moe.score_bias else 0)
+    """Parameters of one router: a D x E linear layer (plus E biases), and the E per-expert
+    score biases when they are parameters (a buffer, ``score_bias_buffer``, counts nothing)."""
+    score = moe.experts if (moe.score_bias and not moe.score_bias_buffer) else 0
+    return linear_params(D, moe.experts, moe.router_bias) + score
+
+
+# ---------------------------------------------------------------------------------------------
+# routing: capacity, dropped choices, experts reached, one-hot dispatch
+# (chapter "Mixture of experts: most parameters rest")
+
+def expert_capacity(tokens: int, experts: int, top_k: int, capacity_factor: float) -> int:
+    """Rows each expert takes when ``tokens`` tokens each choose ``top_k`` of ``experts`` experts
+    under a capacity factor cf: C = ceil(cf * N * k / E) (GShard, Switch). cf = 1 is exactly the
+    fair share; :class:`whatruns.nn.MoELayer` drops the choices beyond C."""
+    return math.ceil(capacity_factor * tokens * top_k / experts)
+
+
+def expected_dropped_fraction(tokens: int, experts: int, top_k: int, capacity_factor: float) -> float:
+    """The expected fraction of the N*k routing choices dropped at capacity
+    C = :func:`expert_capacity` when routing is uniform (each token picks k of the E experts at
+    random). An expert's load X is then Binomial(N, k/E) and it drops (X - C)+, so the fraction is
+    E * E[(X - C)+] / (N * k). A trained, balanced router drops less; a skewed one more."""
+    N, E, k = tokens, experts, top_k
+    C = expert_capacity(N, E, k, capacity_factor)
+    if k == E:  # every token goes to every expert
+        return max(0, N - C) / N
+    p = k / E
+    lp, lq, lnf = math.log(p), math.log1p(-p), math.lgamma(N + 1)
+    excess = sum((x - C) * math.exp(lnf - math.lgamma(x + 1) - math.lgamma(N - x + 1) + x * lp + (N - x) * lq)
+                 for x in range(C + 1, N + 1))
+    return E * excess / (N * k)
+
+
+def experts_touched(experts: int, top_k: int, tokens: int) -> float:
+    """Expected number of distinct experts that ``tokens`` tokens reach in one MoE layer when each
+    picks ``top_k`` of ``experts`` uniformly at random: E * (1 - (1 - k/E)^n). One token reaches k;
+    a batch soon reaches all E (the parameters a step updates, or the expert weights it reads)."""
+    return experts * (1 - (1 - top_k / experts) ** tokens)
+
+
+def onehot_dispatch_flops(tokens: int, experts: int, capacity: int, D: int) -> int:
+    """FLOPs a counter sees for one one-hot dispatch (or combine) einsum of a GShard-style MoE
+    layer: a 0/1 (N x E*C) matrix times the (N x D) tokens, 2 * N * E * C * D, although it only
+    copies rows into (or out of) the E expert buffers of C rows each."""
+    return matmul_flops(experts * capacity, tokens, D)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -262,3 +329,40 @@ def _count_embedding_model(s: EmbeddingModel, T: int) -> Count:
 def rows_read(spec: EmbeddingModel) -> int:
     """Embedding rows one example reads: the sum of the tables' pooling factors."""
     return sum(min(t.pooling, t.rows) for t in spec.tables)
+
+
+def encoder_decoder_flops(spec: Transformer, input_len: int, target_len: int, causal: bool = True) -> Dict[str, float]:
+    """Forward FLOPs of one sequence pair through an encoder-decoder (T5, Switch): ``input_len`` tokens
+    through the encoder, ``target_len`` through the decoder (self-attention over the targets, causal by
+    default; cross-attention over all the inputs). Returns the parts, so a convention can pick them:
+    ``{"encoder", "decoder", "router", "head"}`` -- the two stacks' matmuls (attention scores included,
+    routers not), the routers of both stacks, the LM head on the targets.
+
+    With ``input_len == target_len == T`` and ``causal=False`` the parts add up to
+    ``count(spec, T).flops_per_token * T``. Chapter "Real models, counted" uses this to reproduce the
+    Switch Transformer's Table 9, whose "FLOPs per sequence" is encoder + decoder for T5's 512 input and
+    114 target tokens."""
+    if not isinstance(spec, Transformer) or not spec.encoder_decoder:
+        raise SpecError("encoder_decoder_flops needs an encoder-decoder Transformer (encoder_layers > 0)")
+    for name, n in (("input_len", input_len), ("target_len", target_len)):
+        if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+            raise SpecError(f"{name} must be a positive integer, got {n!r}")
+    D, a, m = spec.width, spec.attention, spec.moe
+    parts = {"encoder": 0, "decoder": 0, "router": 0, "head": matmul_flops(target_len, D, spec.vocab)}
+    stacks = (("encoder", spec.encoder_layers, spec.encoder_moe_layers, input_len, input_len),
+              ("decoder", spec.layers, spec.moe_layers, target_len, mean_keys(target_len, causal)))
+    for name, layers, moe_layers, T, keys in stacks:
+        per_token = 0
+        for i in range(layers):
+            per_token += attention_projection_flops(D, a) + attention_score_flops(a, keys)
+            if name == "decoder":
+                per_token += attention_projection_flops(D, a) + attention_score_flops(a, input_len)
+            if i in moe_layers:
+                parts["router"] += T * matmul_flops(1, D, m.experts)
+                per_token += m.top_k * ffn_flops(D, m.expert)
+                if m.shared is not None:
+                    per_token += ffn_flops(D, m.shared) + (matmul_flops(1, D, 1) if m.shared_gate else 0)
+            else:
+                per_token += ffn_flops(D, spec.ffn)
+        parts[name] = T * per_token
+    return {k: _exact(v) for k, v in parts.items()}
