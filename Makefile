@@ -17,7 +17,7 @@ book: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest tests
-	@if ls book/*.ipynb >/dev/null 2>&1; then $(PY) -m pytest --nbval -p no:randomly book/ -q; fi
+	@if ls book/*.ipynb >/dev/null 2>&1; then $(PY) -m pytest --nbval --nbval-current-env book/ -q; fi
 
 # Re-execute notebooks in place (all, or NB=book/02_dense.ipynb), storing their outputs; then `make test`.
 execute: $(STAMP)
