@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -52,6 +54,32 @@ class Figure:
     unit: str
     as_printed: str
     source: str
+
+    @property
+    def digits(self) -> Optional[int]:
+        """Significant figures as printed: '46.7B' -> 3, '175.0B' -> 4, '12,850' -> 4, '7B' -> 1. Trailing
+        zeros of a whole number do not count ('400B' -> 1, the lenient reading); None when no number
+        leads the text (GPT-3's active '= total parameters')."""
+        m = re.match(r"[~]?\s*([0-9][0-9,]*(?:\.[0-9]+)?)", self.as_printed.strip())
+        if not m:
+            return None
+        d = m.group(1).replace(",", "")
+        if "." in d:
+            return len(d.replace(".", "").lstrip("0"))
+        return len(d.lstrip("0").rstrip("0")) or 1
+
+    def agrees(self, x: float, digits: Optional[int] = None) -> bool:
+        """Whether ``x``, rounded to the figures printed (or to ``digits``), is the printed value:
+        46,702,792,704 agrees with '46.7B', 12,952,938,780 does not agree with '12,850' (M). The test
+        the chapter "Real models, counted" applies to every published figure."""
+        sig = digits or self.digits
+        if sig is None:
+            raise SpecError(f"{self.as_printed!r} prints no number to agree with")
+
+        def round_sig(v):
+            return 0.0 if v == 0 else round(v, sig - 1 - math.floor(math.log10(abs(v))))
+
+        return math.isclose(round_sig(x), round_sig(self.value), rel_tol=1e-9)
 
 
 @dataclass(frozen=True)
