@@ -331,6 +331,34 @@ def rows_read(spec: EmbeddingModel) -> int:
     return sum(min(t.pooling, t.rows) for t in spec.tables)
 
 
+ACTIVE_CONVENTIONS = ("one_row", "whole_table", "non_embedding")
+"""How publishers count the embedding tables in "active" parameters (see :func:`active_params_as`)."""
+
+
+def active_params_as(c: Count, convention: str = "one_row") -> int:
+    """Active parameters per token of a counted model (``c = count(spec)``) under one of
+    :data:`ACTIVE_CONVENTIONS`, which differ only in the vocabulary-sized tables:
+
+    * ``"one_row"`` -- this library's ``active_params``: of an untied input embedding (and a
+      position table) only the row a token reads; the LM head in full (gpt-oss's convention).
+    * ``"whole_table"`` -- the whole input embedding (and position table) counted as active, as
+      if a lookup ran every row; the LM head in full (Mixtral's 12.9B, Llama 4's 17B).
+    * ``"non_embedding"`` -- neither the input embedding nor the LM head (Kaplan et al.'s
+      non-embedding N; a tied embedding, being the head, is left out too).
+
+    For a recommendation model (:class:`~whatruns.spec.EmbeddingModel`) ``"whole_table"`` is every
+    parameter. Chapter "Embeddings: billions of parameters, a handful of rows".
+    """
+    emb, head = c.breakdown["embedding"], c.breakdown.get("head", Part())
+    if convention == "one_row":
+        return c.active_params
+    if convention == "whole_table":
+        return _exact(c.active_params - emb.active + emb.params)
+    if convention == "non_embedding":
+        return _exact(c.active_params - emb.active - head.active)
+    raise SpecError(f"convention must be one of {', '.join(ACTIVE_CONVENTIONS)}, got {convention!r}")
+
+
 def encoder_decoder_flops(spec: Transformer, input_len: int, target_len: int, causal: bool = True) -> Dict[str, float]:
     """Forward FLOPs of one sequence pair through an encoder-decoder (T5, Switch): ``input_len`` tokens
     through the encoder, ``target_len`` through the decoder (self-attention over the targets, causal by
