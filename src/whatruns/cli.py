@@ -116,14 +116,8 @@ def _load(source: str, variant: Optional[str]):
         e = catalog.entry(source)
         return e.spec(), f"{e.title}, catalog {e.name!r}"
     if source == "-":
-        text = sys.stdin.read()
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise _Fail(f"standard input: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
-        if not isinstance(data, dict):
-            raise _Fail(f"standard input: expected a JSON object, got {type(data).__name__}")
-        return load(data), "standard input"
+        from .hf import parse_json
+        return load(parse_json(sys.stdin.read(), "standard input")), "standard input"
     return load(source), source
 
 

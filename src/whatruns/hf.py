@@ -87,12 +87,17 @@ def _read_json(path: Path) -> dict:
         raise SpecError(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError) as e:
         raise SpecError(f"{path}: cannot read it ({type(e).__name__}: {e})".replace("\n", " ")) from None
+    return parse_json(text, str(path))
+
+
+def parse_json(text: str, where: str) -> dict:
+    """The JSON object in ``text`` (read from ``where``), or a one-line :class:`SpecError`."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
-        raise SpecError(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+        raise SpecError(f"{where}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
     if not isinstance(data, dict):
-        raise SpecError(f"{path}: expected a JSON object, got {_json_type(data)}")
+        raise SpecError(f"{where}: expected a JSON object, got {_json_type(data)}")
     return data
 
 
