@@ -24,6 +24,9 @@ from .spec import FFN, Attention, EmbeddingModel, MoE, Norm, SpecError, Transfor
 
 STRATEGIES = ("grouped_mm", "loop", "dense", "onehot")
 """How a MoE layer computes its experts (see :class:`MoELayer`); the first is the default."""
+PADDED_STRATEGIES = ("gather",)
+"""More strategies :func:`build` accepts, compared for speed in chapter "What FLOPs don't count"; kept out
+of :data:`STRATEGIES`, which chapter "Mixture of experts" tabulates one by one."""
 
 
 def build(spec, *, seed: int = 0, moe_strategy: str = STRATEGIES[0], capacity_factor: float = None,
@@ -34,8 +37,9 @@ def build(spec, *, seed: int = 0, moe_strategy: str = STRATEGIES[0], capacity_fa
     (None: the spec's, which is None for dropless); ``sparse`` gives a DLRM's tables sparse
     gradients. The weights depend on ``seed`` only (the global RNG is left as it was).
     """
-    if moe_strategy not in STRATEGIES:
-        raise SpecError(f"moe_strategy must be one of {', '.join(STRATEGIES)}, got {moe_strategy!r}")
+    if moe_strategy not in STRATEGIES + PADDED_STRATEGIES:
+        raise SpecError(f"moe_strategy must be one of {', '.join(STRATEGIES + PADDED_STRATEGIES)}, "
+                        f"got {moe_strategy!r}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if isinstance(spec, Transformer):
@@ -232,7 +236,10 @@ class MoELayer(nn.Module):
     * ``"dense"`` runs every expert on every token and zeroes the unchosen: E/k times the work;
     * ``"onehot"`` (GShard, fairseq) builds one-hot (N, E, C) dispatch and combine tensors and
       moves tokens into per-expert buffers of capacity C by einsum: 2*N*E*C*D FLOPs each way
-      of pure data movement, and the experts run on all E*C buffer rows, padding included.
+      of pure data movement, and the experts run on all E*C buffer rows, padding included;
+    * ``"gather"`` copies each expert's tokens into a padded (E, C, D) buffer by indexing (no
+      FLOPs) and runs each weight matrix as one ``torch.bmm``: the experts run on E*C rows, the
+      padding up to the busiest expert's load included (chapter "What FLOPs don't count").
 
     With a capacity factor cf each expert takes at most ``ceil(cf * N * k / E)`` of the N
     tokens' choices (first choices first, then by token order); the rest are dropped (the
@@ -336,11 +343,15 @@ class MoELayer(nn.Module):
 
     def _loop(self, x, expert, token, weight, slot, cap):
         y = torch.zeros_like(x)
-        for e in range(self.m.experts):
-            sel = (expert == e).nonzero().squeeze(1)
-            if len(sel):
+        # one sort, then each expert's choices are a slice; experts no token chose are skipped
+        # (at small batches most are: the loop then reads only the experts the batch reached)
+        order, start = expert.argsort(stable=True), 0
+        for e, n in enumerate(torch.bincount(expert, minlength=self.m.experts).tolist()):
+            if n:
+                sel = order[start:start + n]
                 out = self.experts.run(x[token[sel]], lambda h, W: h @ W[e], lambda b: b[e])
                 y.index_add_(0, token[sel], out * weight[sel, None])
+            start += n
         return y
 
     def _grouped_mm(self, x, expert, token, weight, slot, cap):
@@ -355,6 +366,13 @@ class MoELayer(nn.Module):
         out = self.experts.run(x.expand(E, -1, -1), torch.bmm, lambda b: b[:, None])  # (E, N, D)
         gates = torch.zeros(E, x.shape[0], dtype=x.dtype).index_put_((expert, token), weight)
         return (out * gates[..., None]).sum(dim=0)  # elementwise: the counter sees only the bmm's
+
+    def _gather(self, x, expert, token, weight, slot, cap):
+        C = cap if cap is not None else int(self.load.max())
+        buffers = x.new_zeros(self.m.experts, C, x.shape[1])
+        buffers[expert, slot] = x[token]  # expert e's tokens in rows 0.. of buffer e, zeros after
+        out = self.experts.run(buffers, torch.bmm, lambda b: b[:, None])  # (E, C, D): one bmm per matrix
+        return torch.zeros_like(x).index_add_(0, token, out[expert, slot] * weight[:, None])
 
     def _onehot(self, x, expert, token, weight, slot, cap):
         E, N = self.m.experts, x.shape[0]
