@@ -2,7 +2,7 @@
 PY      := .venv/bin/python
 STAMP   := .venv/.installed
 
-.PHONY: book test test-lib test-notebooks execute clean
+.PHONY: book slides test test-lib test-notebooks test-site execute experiments bench clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
@@ -11,17 +11,39 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
-# The site, from the stored (nbval-verified) notebook outputs; -W: any warning fails the build.
+# The site, from the stored (nbval-verified) notebook outputs; -W: any warning fails the build, and so does
+# any page that would load something from another host (the site works offline). --all: every page is
+# rewritten (an incremental build keeps links to sections that moved); under a minute on 2 cores.
 book: $(STAMP)
-	.venv/bin/jupyter-book build . -W -n --keep-going
+	.venv/bin/jupyter-book build . -W -n --keep-going --all
 
+# Every chapter as reveal.js slides that work offline, with speaker notes: _build/slides/index.html.
+slides: $(STAMP)
+	$(PY) scripts/slides.py
+
+# The library's tests, every notebook under nbval, then the site built and checked in headless Chromium
+# (tests/browser; skipped where /usr/bin/chromium is missing, unless WHATRUNS_REQUIRE_BROWSER=1 as in CI).
 test: $(STAMP)
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests --ignore=tests/browser
 	@if ls book/*.ipynb >/dev/null 2>&1; then $(PY) -m pytest --nbval --nbval-current-env book/ -q; fi
+	$(MAKE) test-site
+
+test-site: book slides
+	$(PY) -m pytest tests/browser
 
 # Re-execute notebooks in place (all, or NB=book/02_dense.ipynb), storing their outputs; then `make test`.
 execute: $(STAMP)
 	$(PY) scripts/execute.py $(NB)
+
+# The experiment chapters' full sweeps (minutes to an hour on 2 cores): writes book/data/*.json,
+# which the chapters read and re-check live. Interrupted sweeps resume from build/experiments/.
+experiments: $(STAMP)
+	$(PY) scripts/experiments.py
+
+# The MoE speed benchmark (chapter "What FLOPs don't count"): ratios measured side by side, minutes on
+# 2 cores, once with torch's default threads and once with 1. Not part of `make test`.
+bench: $(STAMP)
+	$(PY) benchmarks/moe_speed.py --threads 0 1
 
 clean:
 	rm -rf _build

@@ -19,7 +19,7 @@ because it is what builds the weights. A few examples of what that means:
 * which layers are MoE -- ``decoder_sparse_step`` and ``mlp_only_layers`` (Qwen MoE),
   ``first_k_dense_replace`` (DeepSeek; ``moe_layer_freq`` is not read by ``transformers``),
   ``moe_layers`` / ``interleave_moe_layer_step`` (Llama 4), the sparse-step arithmetic of the
-  Switch Transformer (every other layer; see :func:`_switch_sparse`).
+  Switch Transformer (every other layer; see ``_switch_sparse``).
 
 What a config must hold: the sizes that say which model it is -- vocabulary, width, layers,
 heads, FFN and expert widths, number of experts -- must be present, even where ``transformers``

@@ -60,8 +60,9 @@ MISSING_FORMULAS = {
 
 
 def flop_counter(corrected: bool = True, display: bool = False, depth: int = 2) -> FlopCounterMode:
-    """A :class:`FlopCounterMode`; with ``corrected`` (the default) it also counts CPU attention
-    and grouped matmuls (see :data:`MISSING_FORMULAS`). Use it under ``torch.no_grad()``."""
+    """A :class:`~torch.utils.flop_counter.FlopCounterMode`; with ``corrected`` (the default) it also
+    counts CPU attention and grouped matmuls (see :data:`MISSING_FORMULAS`). Use it under
+    ``torch.no_grad()``."""
     return FlopCounterMode(display=display, depth=depth, custom_mapping=MISSING_FORMULAS if corrected else {})
 
 

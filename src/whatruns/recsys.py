@@ -157,6 +157,7 @@ class HashedBagModel(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
 
     def rows_of(self, ids: torch.Tensor) -> torch.Tensor:
+        """The table row each ID hashes to (:func:`hash_rows` with this model's rows and seed)."""
         return hash_rows(ids, self.rows, self.hash_seed)
 
     def forward(self, ids: torch.Tensor, hashed: bool = False) -> torch.Tensor:

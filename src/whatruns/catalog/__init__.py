@@ -158,8 +158,8 @@ def entries() -> Dict[str, Entry]:
 
 
 def entry(name: str) -> Entry:
-    """The entry of one model. Names are case-insensitive; an unknown name raises :class:`SpecError`
-    (one line, naming the closest matches)."""
+    """The entry of one model. Names are case-insensitive; an unknown name raises
+    :class:`~whatruns.spec.SpecError` (one line, naming the closest matches)."""
     if not isinstance(name, str):
         raise SpecError(f"a catalog name must be a string, got {type(name).__name__}")
     key = name.strip().lower()
