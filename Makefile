@@ -25,7 +25,7 @@ slides: $(STAMP)
 # (tests/browser; skipped where /usr/bin/chromium is missing, unless WHATRUNS_REQUIRE_BROWSER=1 as in CI).
 test: $(STAMP)
 	$(PY) -m pytest tests --ignore=tests/browser
-	@if ls book/*.ipynb >/dev/null 2>&1; then $(PY) -m pytest --nbval --nbval-current-env book/ -q; fi
+	@if ls book/*.ipynb >/dev/null 2>&1; then $(PY) -m pytest --nbval --nbval-current-env book/; fi
 	$(MAKE) test-site
 
 test-site: book slides
