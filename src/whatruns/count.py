@@ -189,6 +189,26 @@ def router_params(D: int, moe: MoE) -> int:
     return linear_params(D, moe.experts, moe.router_bias) + score
 
 
+def shared_expert_params(D: int, moe: MoE) -> int:
+    """Parameters of one layer's shared experts (fused into one FFN) and their sigmoid gate, if any."""
+    if moe.shared is None:
+        return 0
+    return ffn_params(D, moe.shared) + (linear_params(D, 1) if moe.shared_gate else 0)
+
+
+def shared_expert_flops(D: int, moe: MoE) -> int:
+    """Forward FLOPs per token of one layer's shared experts and their gate: they run for every token."""
+    if moe.shared is None:
+        return 0
+    return ffn_flops(D, moe.shared) + (matmul_flops(1, D, 1) if moe.shared_gate else 0)
+
+
+def moe_flops(D: int, moe: MoE) -> int:
+    """Forward FLOPs per token of one MoE layer: the router (2DE), the k routed experts, and the shared
+    experts. Flat in E but for the router: chapter "Mixture of experts: most parameters rest"."""
+    return matmul_flops(1, D, moe.experts) + moe.top_k * ffn_flops(D, moe.expert) + shared_expert_flops(D, moe)
+
+
 # ---------------------------------------------------------------------------------------------
 # routing: capacity, dropped choices, experts reached, one-hot dispatch
 # (chapter "Mixture of experts: most parameters rest")
@@ -284,10 +304,7 @@ def _count_transformer(s: Transformer, T: int, causal: bool) -> Count:
                 one = ffn_params(D, m.expert)
                 parts["routed_experts"].add(m.experts * one, active=m.top_k * one,
                                             flops=m.top_k * ffn_flops(D, m.expert))
-                if m.shared is not None:
-                    parts["shared_experts"].add(ffn_params(D, m.shared), flops=ffn_flops(D, m.shared))
-                    if m.shared_gate:
-                        parts["shared_experts"].add(linear_params(D, 1), flops=matmul_flops(1, D, 1))
+                parts["shared_experts"].add(shared_expert_params(D, m), flops=shared_expert_flops(D, m))
             else:
                 parts["dense_ffn"].add(ffn_params(D, s.ffn), flops=ffn_flops(D, s.ffn))
 
@@ -387,9 +404,7 @@ def encoder_decoder_flops(spec: Transformer, input_len: int, target_len: int, ca
                 per_token += attention_projection_flops(D, a) + attention_score_flops(a, input_len)
             if i in moe_layers:
                 parts["router"] += T * matmul_flops(1, D, m.experts)
-                per_token += m.top_k * ffn_flops(D, m.expert)
-                if m.shared is not None:
-                    per_token += ffn_flops(D, m.shared) + (matmul_flops(1, D, 1) if m.shared_gate else 0)
+                per_token += m.top_k * ffn_flops(D, m.expert) + shared_expert_flops(D, m)
             else:
                 per_token += ffn_flops(D, spec.ffn)
         parts[name] = T * per_token

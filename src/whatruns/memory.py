@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Union
 
-from .count import experts_touched, ffn_flops, ffn_params, router_params
+from .count import experts_touched, ffn_flops, ffn_params, moe_flops, router_params, shared_expert_params
 from .spec import FFN, MoE, SpecError
 
 Layer = Union[FFN, MoE]
@@ -38,9 +38,7 @@ def layer_flops(D: int, layer: Layer, tokens: int) -> float:
     router's D x E matmul included; :func:`whatruns.count` counts the same)."""
     if isinstance(layer, FFN):
         return tokens * ffn_flops(D, layer)
-    shared = ffn_flops(D, layer.shared) if layer.shared is not None else 0
-    gate = 2 * D if layer.shared_gate else 0
-    return tokens * (layer.top_k * ffn_flops(D, layer.expert) + 2 * D * layer.experts + shared + gate)
+    return tokens * moe_flops(D, layer)
 
 
 def weight_bytes(D: int, layer: Layer, tokens: int, bytes_per_element: int = 2, touched: float = None) -> float:
@@ -54,8 +52,7 @@ def weight_bytes(D: int, layer: Layer, tokens: int, bytes_per_element: int = 2, 
         return b * ffn_params(D, layer)
     if touched is None:
         touched = experts_touched(layer.experts, layer.top_k, tokens)
-    shared = ffn_params(D, layer.shared) + (D if layer.shared_gate else 0) if layer.shared is not None else 0
-    return b * (touched * ffn_params(D, layer.expert) + router_params(D, layer) + shared)
+    return b * (touched * ffn_params(D, layer.expert) + router_params(D, layer) + shared_expert_params(D, layer))
 
 
 def activation_bytes(D: int, layer: Layer, tokens: int, bytes_per_element: int = 2) -> float:

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .count import ffn_flops, ffn_params, linear_params, matmul_flops, router_params
+from .count import ffn_flops, ffn_params, linear_params, matmul_flops, moe_flops, router_params, shared_expert_params
 from .nn import FeedForward, MoELayer
 from .spec import FFN, MoE
 
@@ -93,8 +93,7 @@ class ToyConfig:
 
     def _block(self, experts_run: int) -> int:
         D, m = self.width, self.moe()
-        shared = ffn_params(D, m.shared) if m.shared else 0
-        return experts_run * ffn_params(D, m.expert) + router_params(D, m) + shared
+        return experts_run * ffn_params(D, m.expert) + router_params(D, m) + shared_expert_params(D, m)
 
     def block_params(self) -> int:
         """Parameters of the FFN block: the dense FFN, or every expert plus router and shared expert."""
@@ -120,9 +119,7 @@ class ToyConfig:
         flops = matmul_flops(1, D, self.outputs)
         if not self.is_moe:
             return flops + ffn_flops(D, self.expert())
-        m = self.moe()
-        flops += matmul_flops(1, D, m.experts) + m.top_k * ffn_flops(D, m.expert)
-        return flops + (ffn_flops(D, m.shared) if m.shared else 0)
+        return flops + moe_flops(D, self.moe())
 
     def counts(self) -> Dict[str, int]:
         return {"params": self.params(), "active_params": self.active_params(),
