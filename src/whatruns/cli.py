@@ -23,6 +23,8 @@ import json
 import sys
 from typing import List, Optional
 
+from . import units
+
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2
 PROG = "whatruns"
@@ -77,10 +79,7 @@ def _parser() -> _Parser:
 
 def human(n: float) -> str:
     """A number in readable units with two decimals: 46702792704 -> '46.70B', 4096 -> '4.10k'."""
-    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f}{unit}"
-    return f"{n:.0f}" if float(n).is_integer() else f"{n:.2f}"
+    return units.human(n, decimals=2)
 
 
 def _exact(n: float) -> str:
