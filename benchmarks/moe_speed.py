@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/moe_speed.py                 # or: make bench
     .venv/bin/python benchmarks/moe_speed.py --threads 2 1 --repeats 9 --json out.json
     .venv/bin/python benchmarks/moe_speed.py --device cuda --dtype bfloat16
+    .venv/bin/python benchmarks/moe_speed.py --profile threads    # where the time goes, op by op
 
 The models (chapter "What FLOPs don't count"), one layer each, width D = 512, 8 heads,
 vocabulary 64, on 8 sequences of 256 tokens, built with ``whatruns.build`` from Hugging Face
@@ -15,7 +16,9 @@ configs:
 Targets: moe / (a) <= 1.2 and (b) / moe >= 10. Other engineers' jobs may share the machine, so the
 models run interleaved -- one forward pass of each in turn, ``--repeats`` rounds -- and the report
 is the ratio of medians, which the shared load inflates alike. Each MoE dispatch strategy is timed
-the same way. Prints a table; ``--json`` also writes the numbers.
+the same way. Prints a table; ``--json`` also writes the numbers. ``--profile STRATEGY`` instead
+runs torch's profiler (every thread) over a few forward passes of that MoE model and of (a), and
+prints each one's operations by their share of the time.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from whatruns.measure import count_flops
 D, HEADS, VOCAB, B, T = 512, 8, 64, 8, 256
 E, K, F_EXPERT = 64, 2, 1024
 F_SAME_FLOPS, F_SAME_PARAMS = K * F_EXPERT, E * F_EXPERT
-DEFAULT_STRATEGIES = ("grouped_mm", "loop", "gather", "onehot")  # "dense" (every expert on every token) is slower still
+DEFAULT_STRATEGIES = ("threads", "loop", "grouped_mm", "gather", "onehot")  # "dense" (every expert on every token) is slower still
 
 
 def hf_config(model_type: str, ffn_width: int) -> dict:
@@ -144,6 +147,38 @@ def report(r: dict) -> str:
     return "\n".join(lines)
 
 
+def profile(strategy: str, repeats: int = 3, threads: int = None, rows: int = 12) -> str:
+    """torch's profiler over ``repeats`` forward passes of the MoE model (``strategy``) and of (a),
+    on all threads: each model's operations by self time per pass (summed over threads), largest
+    first, with the FLOPs per second of an operation's own time (for "threads" the time of the one
+    thread it ran on; for the other strategies an operation spans all threads). The profiler slows
+    the passes down; the wall time printed is measured without it."""
+    from torch.profiler import profile as torch_profile
+    from torch._C._profiler import _ExperimentalConfig
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    ids = torch.randint(0, VOCAB, (B, T))
+    built = models([strategy], torch.float32, "cpu", dense=("same FLOPs (a)",))
+    lines = []
+    with torch.no_grad():
+        for name, (m, _) in built.items():
+            wall = statistics.median(interleaved_times({name: lambda: m(ids)}, repeats)[name])
+            with torch_profile(with_flops=True,
+                               experimental_config=_ExperimentalConfig(profile_all_threads=True)) as prof:
+                for _ in range(repeats):
+                    m(ids)
+            events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+            total = sum(e.self_cpu_time_total for e in events) / repeats / 1e6
+            lines.append(f"{name}: {wall * 1e3:.0f} ms per pass, {torch.get_num_threads()} threads; "
+                         f"profiled: {total * 1e3:.0f} ms of operations, summed over threads")
+            for e in events[:rows]:
+                t = e.self_cpu_time_total / repeats / 1e6
+                rate = f"{e.flops / repeats / t / 1e9:6.1f} GFLOP/s" if e.flops else ""
+                lines.append(f"  {e.key:50s} {t * 1e3:8.1f} ms {100 * t / total:5.1f}% {e.count // repeats:5d} calls  {rate}")
+    return "\n".join(lines)
+
+
 def main():
     import whatruns.units  # noqa: F401  (report)
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -154,7 +189,11 @@ def main():
     p.add_argument("--dtype", default="float32")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--profile", default=None, metavar="STRATEGY", help="profile this MoE strategy and (a) instead")
     args = p.parse_args()
+    if args.profile:
+        print(profile(args.profile, threads=args.threads[0] or None))
+        return
     default_threads = torch.get_num_threads()
     results = []
     for threads in args.threads:

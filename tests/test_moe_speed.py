@@ -1,7 +1,8 @@
-"""The "gather" MoE strategy and the benchmark's models (chapter "What FLOPs don't count")."""
+"""The "gather" and "threads" MoE strategies and the benchmark's models (chapter "What FLOPs don't count")."""
 
 import math
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import whatruns
 from whatruns import FFN, MoE
 from whatruns.count import ffn_flops
 from whatruns.measure import count_flops
-from whatruns.nn import MoELayer
+from whatruns.nn import MoELayer, _deal_out
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import moe_speed  # noqa: E402
@@ -49,3 +50,74 @@ def test_benchmark_models_match_flops_and_params_as_the_issue_asks():
     assert c["moe"].flops_per_token == c["same FLOPs (a)"].flops_per_token + router  # (a): the same active FLOPs
     assert c["moe"].total_params == c["same params (b)"].total_params + moe_speed.D * moe_speed.E  # (b): + the router
     assert c["same params (b)"].flops_per_token > 20 * c["moe"].flops_per_token
+
+
+@pytest.fixture
+def two_threads():
+    """torch's intra-op threads set to 2 for the test (other test modules set 1), then put back."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def _pair(m, D=16):
+    layers = {}
+    for s in ("loop", "threads"):
+        torch.manual_seed(0)
+        layers[s] = MoELayer(D, m, s)
+    return layers
+
+
+@pytest.mark.parametrize("cf", [None, 0.5])
+@pytest.mark.parametrize("gated", [True, False])
+def test_threads_computes_what_the_loop_computes(two_threads, cf, gated):
+    D, N = 16, 64
+    layers = _pair(MoE(8, 2, FFN(8, gated=gated, bias=True), capacity_factor=cf), D)
+    x = torch.randn(N, D, generator=torch.Generator().manual_seed(0))
+    for mode in (torch.no_grad, torch.inference_mode):
+        with mode():
+            out = {s: layer(x) for s, layer in layers.items()}
+        assert torch.equal(out["threads"], out["loop"])  # the same products on the same rows, bit for bit
+        assert torch.get_num_threads() == 2
+
+
+def test_threads_runs_each_share_on_its_own_thread_with_one_torch_thread(two_threads):
+    seen = []
+
+    def work(share):
+        seen.append((tuple(share), threading.get_ident(), torch.get_num_threads(), torch.is_grad_enabled()))
+
+    rows = [100, 1, 1, 50, 30, 20]
+    with torch.no_grad():
+        _deal_out(work, [0, 1, 2, 3, 4, 5], rows)
+    assert len({ident for _, ident, _, _ in seen}) == 2          # two threads at once
+    assert all(n == 1 and not grad for _, _, n, grad in seen)    # each matmul on one thread, no autograd
+    assert sorted(e for share, *_ in seen for e in share) == [0, 1, 2, 3, 4, 5]
+    assert sorted(sum(rows[e] for e in share) for share, *_ in seen) == [101, 101]  # busiest first, balanced
+    assert torch.get_num_threads() == 2
+
+
+def test_threads_restores_the_thread_count_and_raises_a_workers_error(two_threads):
+    def work(share):
+        if 1 in share:
+            raise ValueError("expert 1 failed")
+
+    with pytest.raises(ValueError, match="expert 1 failed"):
+        _deal_out(work, [0, 1], [5, 4])
+    assert torch.get_num_threads() == 2
+
+
+def test_threads_falls_back_to_the_loop_where_threads_would_not_see_the_state(two_threads):
+    """With gradients, or under the FLOP counter (a dispatch mode, local to a thread), the experts
+    run in the calling thread: gradients flow and every matmul is counted."""
+    D, N = 16, 32
+    m = MoE(4, 2, FFN(8))
+    layers = _pair(m, D)
+    x = torch.randn(N, D, generator=torch.Generator().manual_seed(1))
+    assert count_flops(layers["threads"], x) == count_flops(layers["loop"], x) == \
+        2 * N * D * 4 + N * 2 * ffn_flops(D, m.expert)
+    for layer in layers.values():
+        layer(x).sum().backward()
+    torch.testing.assert_close(layers["threads"].experts.up.grad, layers["loop"].experts.up.grad)
+    assert layers["threads"].experts.up.grad.abs().sum() > 0

@@ -14,31 +14,35 @@ GPT-style initialisation (normal, std 0.02; biases 0).
 from __future__ import annotations
 
 import math
+import threading
 import warnings
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from .spec import FFN, Attention, EmbeddingModel, MoE, Norm, SpecError, Transformer
 
 STRATEGIES = ("grouped_mm", "loop", "dense", "onehot")
 """How a MoE layer computes its experts (see :class:`MoELayer`); the first is the default."""
-PADDED_STRATEGIES = ("gather",)
-"""More strategies :func:`build` accepts, compared for speed in chapter "What FLOPs don't count"; kept out
-of :data:`STRATEGIES`, which chapter "Mixture of experts" tabulates one by one."""
+SPEED_STRATEGIES = ("threads", "gather")
+"""More strategies :func:`build` accepts, compared for speed in chapter "What FLOPs don't count": the loop
+with experts dealt out to threads (the loop's FLOPs) and a padded batch (more). Kept out of
+:data:`STRATEGIES`, which chapter "Mixture of experts" tabulates one by one."""
 
 
 def build(spec, *, seed: int = 0, moe_strategy: str = STRATEGIES[0], capacity_factor: float = None,
           sparse: bool = False, dtype=torch.float32) -> nn.Module:
     """A torch module for ``spec``: a :class:`TransformerLM` or a :class:`DLRM`.
 
-    ``moe_strategy`` is one of :data:`STRATEGIES`; ``capacity_factor`` overrides the spec's
+    ``moe_strategy`` is one of :data:`STRATEGIES` or :data:`SPEED_STRATEGIES` (on CPU, for inference,
+    ``"threads"`` is the fastest); ``capacity_factor`` overrides the spec's
     (None: the spec's, which is None for dropless); ``sparse`` gives a DLRM's tables sparse
     gradients. The weights depend on ``seed`` only (the global RNG is left as it was).
     """
-    if moe_strategy not in STRATEGIES + PADDED_STRATEGIES:
-        raise SpecError(f"moe_strategy must be one of {', '.join(STRATEGIES + PADDED_STRATEGIES)}, "
+    if moe_strategy not in STRATEGIES + SPEED_STRATEGIES:
+        raise SpecError(f"moe_strategy must be one of {', '.join(STRATEGIES + SPEED_STRATEGIES)}, "
                         f"got {moe_strategy!r}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -196,14 +200,17 @@ def attend_with_sinks(q, k, v, sinks, mask, causal):
 # mixture of experts
 
 class Experts(nn.Module):
-    """E expert FFNs, their weights stored as 3-D parameters: ``up[e]`` is expert e's (D, F) matrix."""
+    """E expert FFNs, their weights stored as 3-D parameters in ``nn.Linear``'s orientation (and
+    Hugging Face's): ``up[e]`` is expert e's (F, D) matrix, applied as ``F.linear(x, up[e])``."""
 
     def __init__(self, E: int, D: int, f: FFN):
         super().__init__()
         self.act, F_ = f.activation, f.width
 
         def weight(n_in, n_out):
-            return nn.Parameter(torch.randn(E, n_in, n_out) * 0.02)
+            # drawn in (E, in, out) order, the layout the book's recorded runs were made with, so
+            # that a seed gives the same experts; stored (E, out, in), which runs faster (chapter 7)
+            return nn.Parameter((torch.randn(E, n_in, n_out) * 0.02).transpose(1, 2).contiguous())
 
         self.gate = weight(D, F_) if f.gated else None
         self.up, self.down = weight(D, F_), weight(F_, D)
@@ -212,7 +219,7 @@ class Experts(nn.Module):
         self.down_bias = nn.Parameter(torch.zeros(E, D)) if f.bias else None
 
     def run(self, x, matmul, pick):
-        """The experts on rows ``x``: ``matmul(x, W)`` multiplies by the (E, in, out) weight
+        """The experts on rows ``x``: ``matmul(x, W)`` multiplies by the (E, out, in) weight
         ``W`` the strategy's way, ``pick(b)`` gives each row its expert's bias."""
 
         def linear(h, w, b):
@@ -224,15 +231,28 @@ class Experts(nn.Module):
             else activate(self.act, up)
         return linear(h, self.down, self.down_bias)
 
+    def one(self, e: int, x):
+        """Expert ``e`` alone on its rows ``x``."""
+        return self.run(x, lambda h, W: F.linear(h, W[e]), lambda b: b[e])
+
+
+def _bmm(h, W):
+    """A batched product by (E, out, in) weights: ``h`` is (E, rows, in)."""
+    return torch.bmm(h, W.transpose(1, 2))
+
 
 class MoELayer(nn.Module):
     """A routed FFN: each token goes to ``top_k`` of E experts, plus any shared expert.
 
-    ``strategy`` (one of :data:`STRATEGIES`) changes how the experts are computed, not what:
+    ``strategy`` (one of :data:`STRATEGIES` and :data:`SPEED_STRATEGIES`) changes how the experts are
+    computed, not what:
 
     * ``"grouped_mm"`` sorts the routed (token, expert) rows by expert and runs each weight
       matrix as one ``torch._grouped_mm``: k*N rows of matmul work;
     * ``"loop"`` gathers each expert's tokens, multiplies, and scatter-adds back: the same work;
+    * ``"threads"`` is the loop with whole experts dealt out to torch's threads, each expert's
+      matmuls on one thread, instead of every small matmul split over all of them: the same work
+      (on CPU, without gradients; otherwise, and under a FLOP counter, it runs as ``"loop"``);
     * ``"dense"`` runs every expert on every token and zeroes the unchosen: E/k times the work;
     * ``"onehot"`` (GShard, fairseq) builds one-hot (N, E, C) dispatch and combine tensors and
       moves tokens into per-expert buffers of capacity C by einsum: 2*N*E*C*D FLOPs each way
@@ -329,10 +349,9 @@ class MoELayer(nn.Module):
         q, r = divmod(N * k, E)
         rows = x.repeat(k, 1)
         if q:
-            self.experts.run(rows[:q * E].reshape(E, q, -1), torch.bmm, lambda b: b[:, None])
+            self.experts.run(rows[:q * E].reshape(E, q, -1), _bmm, lambda b: b[:, None])
         if r:
-            self.experts.run(rows[q * E:].reshape(r, 1, -1), lambda h, W: torch.bmm(h, W[:r]),
-                             lambda b: b[:r, None])
+            self.experts.run(rows[q * E:].reshape(r, 1, -1), lambda h, W: _bmm(h, W[:r]), lambda b: b[:r, None])
         self.aux_loss = self.load = None
         self.dropped = 0
         y = torch.zeros_like(x)
@@ -341,29 +360,43 @@ class MoELayer(nn.Module):
             y = y + (torch.sigmoid(self.shared_gate(x)) * s if self.shared_gate is not None else s)
         return y.view(shape)
 
-    def _loop(self, x, expert, token, weight, slot, cap):
-        y = torch.zeros_like(x)
-        # one sort, then each expert's choices are a slice; experts no token chose are skipped
+    def _loop(self, x, expert, token, weight, slot, cap, parallel=False):
+        # one sort; then each expert's choices are a slice, and experts no token chose are skipped
         # (at small batches most are: the loop then reads only the experts the batch reached)
-        order, start = expert.argsort(stable=True), 0
-        for e, n in enumerate(torch.bincount(expert, minlength=self.m.experts).tolist()):
-            if n:
-                sel = order[start:start + n]
-                out = self.experts.run(x[token[sel]], lambda h, W: h @ W[e], lambda b: b[e])
-                y.index_add_(0, token[sel], out * weight[sel, None])
-            start += n
-        return y
+        order = expert.argsort(stable=True)
+        token, weight = token[order], weight[order, None]
+        counts = torch.bincount(expert, minlength=self.m.experts).tolist()
+        starts = [0]
+        for n in counts:
+            starts.append(starts[-1] + n)
+        out = x.new_empty(len(token), x.shape[1])
+
+        def work(experts):  # gather, multiply, weight: each expert writes its own rows of out
+            for e in experts:
+                s, t = starts[e], starts[e + 1]
+                out[s:t] = self.experts.one(e, x.index_select(0, token[s:t])) * weight[s:t]
+
+        chosen = [e for e, n in enumerate(counts) if n]
+        if parallel and _can_deal_out(x):
+            _deal_out(work, chosen, counts)
+        else:
+            work(chosen)
+        return torch.zeros_like(x).index_add_(0, token, out)
+
+    def _threads(self, x, expert, token, weight, slot, cap):
+        return self._loop(x, expert, token, weight, slot, cap, parallel=True)
 
     def _grouped_mm(self, x, expert, token, weight, slot, cap):
         order = expert.argsort(stable=True)
         expert, token, weight = expert[order], token[order], weight[order]
         offs = torch.bincount(expert, minlength=self.m.experts).cumsum(0).to(torch.int32)
-        out = self.experts.run(x[token], lambda h, W: torch._grouped_mm(h, W, offs=offs), lambda b: b[expert])
+        out = self.experts.run(x[token], lambda h, W: torch._grouped_mm(h, W.transpose(1, 2), offs=offs),
+                               lambda b: b[expert])
         return torch.zeros_like(x).index_add_(0, token, out * weight[:, None])
 
     def _dense(self, x, expert, token, weight, slot, cap):
         E = self.m.experts
-        out = self.experts.run(x.expand(E, -1, -1), torch.bmm, lambda b: b[:, None])  # (E, N, D)
+        out = self.experts.run(x.expand(E, -1, -1), _bmm, lambda b: b[:, None])  # (E, N, D)
         gates = torch.zeros(E, x.shape[0], dtype=x.dtype).index_put_((expert, token), weight)
         return (out * gates[..., None]).sum(dim=0)  # elementwise: the counter sees only the bmm's
 
@@ -371,7 +404,7 @@ class MoELayer(nn.Module):
         C = cap if cap is not None else int(self.load.max())
         buffers = x.new_zeros(self.m.experts, C, x.shape[1])
         buffers[expert, slot] = x[token]  # expert e's tokens in rows 0.. of buffer e, zeros after
-        out = self.experts.run(buffers, torch.bmm, lambda b: b[:, None])  # (E, C, D): one bmm per matrix
+        out = self.experts.run(buffers, _bmm, lambda b: b[:, None])  # (E, C, D): one bmm per matrix
         return torch.zeros_like(x).index_add_(0, token, out[expert, slot] * weight[:, None])
 
     def _onehot(self, x, expert, token, weight, slot, cap):
@@ -380,8 +413,52 @@ class MoELayer(nn.Module):
         dispatch = torch.zeros(N, E, C, dtype=x.dtype).index_put_((token, expert, slot), torch.ones_like(weight))
         combine = torch.zeros(N, E, C, dtype=x.dtype).index_put_((token, expert, slot), weight)
         buffers = torch.einsum("nec,nd->ecd", dispatch, x)  # a matmul that only moves rows
-        out = self.experts.run(buffers, torch.bmm, lambda b: b[:, None])  # (E, C, D), padding too
+        out = self.experts.run(buffers, _bmm, lambda b: b[:, None])  # (E, C, D), padding too
         return torch.einsum("nec,ecd->nd", combine, out)
+
+
+def _can_deal_out(x: torch.Tensor) -> bool:
+    """Whether the experts may run on threads of their own: on CPU, with more than one torch
+    thread, and with no per-thread state the worker threads would not see -- gradients, autocast,
+    or a dispatch or function mode such as the FLOP counter (each is local to the thread)."""
+    return (x.device.type == "cpu" and torch.get_num_threads() > 1 and not torch.is_grad_enabled()
+            and not torch.is_autocast_enabled("cpu") and not is_in_torch_dispatch_mode()
+            and not torch._C._is_torch_function_mode_enabled())
+
+
+def _deal_out(work, experts: list, rows: list):
+    """Run ``work(share)`` on each of torch's n threads at once, the ``experts`` dealt out so that
+    every share has about the same number of ``rows`` (busiest expert first, each to the share with
+    the fewest rows so far), every thread's matmuls on that thread alone. torch's thread count is
+    restored afterwards."""
+    n = torch.get_num_threads()
+    shares, total = [[] for _ in range(n)], [0] * n
+    for e in sorted(experts, key=lambda e: -rows[e]):
+        i = total.index(min(total))
+        shares[i].append(e)
+        total[i] += rows[e]
+    inference, errors = torch.is_inference_mode_enabled(), []
+
+    def worker(share):
+        try:
+            torch.set_num_threads(1)
+            with torch.inference_mode(inference), torch.no_grad():
+                work(share)
+        except BaseException as error:  # noqa: BLE001 (re-raised in the calling thread)
+            errors.append(error)
+
+    threads = [threading.Thread(target=worker, args=(share,)) for share in shares[1:] if share]
+    try:
+        for t in threads:
+            t.start()
+        torch.set_num_threads(1)
+        work(shares[0])
+    finally:
+        for t in threads:
+            t.join()
+        torch.set_num_threads(n)
+    if errors:
+        raise errors[0]
 
 
 def _rank_within(expert, load):

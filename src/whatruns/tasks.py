@@ -145,8 +145,9 @@ class ToyModel(nn.Module):
         if cfg.is_moe:
             self.block = MoELayer(D, cfg.moe(), strategy)
             with torch.no_grad():
-                for w in (self.block.experts.up, self.block.experts.down):   # (E, fan_in, fan_out)
-                    w.uniform_(-w.shape[1] ** -0.5, w.shape[1] ** -0.5)
+                for w in (self.block.experts.up, self.block.experts.down):   # (E, fan_out, fan_in)
+                    bound = w.shape[2] ** -0.5  # drawn in (E, fan_in, fan_out) order, as the recorded runs were
+                    w.copy_(torch.empty(w.shape[0], w.shape[2], w.shape[1]).uniform_(-bound, bound).transpose(1, 2))
         else:
             self.block = FeedForward(D, cfg.expert())
         self.head = nn.Linear(D, cfg.outputs)
