@@ -1,13 +1,16 @@
-"""Run the experiment chapters' full sweeps and store their results in book/data/ (`make experiments`).
+"""Run the experiment chapters' full sweeps and store their results as package data (`make experiments`).
 
     python scripts/experiments.py                 # both sweeps, all cores
     python scripts/experiments.py like --jobs 4   # only chapter 6's sweep
 
-like     -> book/data/like_with_like.json       (chapter 6: dense vs MoE on OrderTwoLanguage)
-resting  -> book/data/resting_parameters.json   (chapter 8: memorization vs a rule on ModularPairs)
+like     -> src/whatruns/data/like_with_like.json       (chapter 6: dense vs MoE on OrderTwoLanguage)
+resting  -> src/whatruns/data/resting_parameters.json   (chapter 8: memorization vs a rule on ModularPairs)
 
+The chapters read them with ``whatruns.data.load(name)``, so a chapter downloaded alone finds them.
 Each run is deterministic (seeded, one thread, deterministic kernels); runs go to a process pool.
-The notebooks re-run a slice of these runs live and check them against the files.
+The notebooks re-run a slice of these runs live and check them against the files;
+``tests/test_data.py`` checks each file against this script (settings, seeds, the runs' configurations
+and counts, the task definitions) and re-runs a short slice.
 The configurations live here and in the notebooks only through the files: a notebook reads
 `settings` from the file it checks.
 """
@@ -26,7 +29,7 @@ import torch
 from whatruns.tasks import ModularPairs, OrderTwoLanguage, ToyConfig, train_language, train_pairs
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-DATA = ROOT / "book" / "data"
+DATA = ROOT / "src" / "whatruns" / "data"   # package data: whatruns.data.load(name)
 CACHE = ROOT / "build" / "experiments"  # git-ignored
 SEEDS = (0, 1, 2)
 
@@ -84,6 +87,16 @@ def resting_runs(s=RESTING):
     return runs
 
 
+def resting_tasks(s=RESTING):
+    """The distinct tasks of the chapter 8 sweep, in the order the runs first use them, each with its
+    fingerprint (the pairs, labels and split: ``ModularPairs.fingerprint``)."""
+    seen = {}
+    for _, rule, frac, seed, _ in resting_runs(s):
+        if (rule, frac, seed) not in seen:
+            seen[(rule, frac, seed)] = ModularPairs(s["p"], rule, frac, seed=seed).fingerprint()
+    return [{"rule": r, "train_fraction": f, "seed": seed, "fingerprint": fp} for (r, f, seed), fp in seen.items()]
+
+
 def run_resting(args):
     cfg, rule, frac, seed, steps, s = args
     task = ModularPairs(s["p"], rule, frac, seed=seed)
@@ -132,7 +145,7 @@ def main():
         runs = sweep(run_resting, [(*r, RESTING) for r in resting_runs()], a.jobs,
                      CACHE / "resting_parameters.jsonl")
         (DATA / "resting_parameters.json").write_text(
-            json.dumps({**meta, "settings": RESTING, "runs": runs}, indent=1))
+            json.dumps({**meta, "settings": RESTING, "task_fingerprints": resting_tasks(), "runs": runs}, indent=1))
 
 
 if __name__ == "__main__":

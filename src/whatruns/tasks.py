@@ -26,6 +26,7 @@ the thread count and ``torch.use_deterministic_algorithms`` while they run, and 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -341,6 +342,15 @@ class ModularPairs:
         else:
             self.y = torch.randint(0, p, (p * p,), generator=g)
             self.train, self.test = torch.arange(p * p), torch.arange(0)
+
+    def fingerprint(self) -> str:
+        """A short hash of the task itself (the pairs, their labels and the split into training and held-out
+        pairs): integers only, so the same on every machine. ``scripts/experiments.py`` stores it beside the
+        sweep, and ``tests/test_data.py`` checks that the current definition still gives it."""
+        h = hashlib.sha256()
+        for t in (self.x, self.y, self.train, self.test):
+            h.update(t.to(torch.int64).numpy().tobytes())
+        return h.hexdigest()[:16]
 
     @torch.no_grad()
     def accuracy(self, model: nn.Module, idx: torch.Tensor) -> float:
