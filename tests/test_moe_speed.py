@@ -1,9 +1,7 @@
 """The "gather" and "threads" MoE strategies and the benchmark's models (chapter "What FLOPs don't count")."""
 
 import math
-import sys
 import threading
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,10 +10,8 @@ import whatruns
 from whatruns import FFN, MoE
 from whatruns.count import ffn_flops
 from whatruns.measure import count_flops
+from whatruns import bench as moe_speed
 from whatruns.nn import MoELayer, _deal_out
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import moe_speed  # noqa: E402
 
 
 @pytest.mark.parametrize("cf", [None, 0.5, 1.0])
