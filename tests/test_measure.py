@@ -166,6 +166,22 @@ def test_timing():
     assert matmul_gflops(n=64, repeats=3) > 0
 
 
+def test_read_bandwidth_is_bytes_of_one_row_through_the_matrix_per_second(monkeypatch):
+    """The bandwidth a roofline bounds products with is measured by the product routine itself: one row
+    (1 x rows) through a rows x cols fp32 matrix of the bytes asked for, its matmul_bytes per second."""
+    from whatruns.count import matmul_bytes
+    seen = []
+
+    def fake(fn, *args, repeats, **kw):
+        seen.append((fn, [tuple(a.shape) for a in args], repeats))
+        return 0.5
+    monkeypatch.setattr(measure, "median_time", fake)
+    assert measure.read_bandwidth(2 ** 20, repeats=3, rows=256) == matmul_bytes(1, 256, 1024, 4) / 0.5 / 1e9
+    assert seen == [(torch.mm, [(1, 256), (256, 1024)], 3)]
+    monkeypatch.undo()
+    assert measure.read_bandwidth(2 ** 20, repeats=1) > 0
+
+
 def test_measure_knows_only_torch():
     tree = ast.parse(pathlib.Path(measure.__file__).read_text())
     modules = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | \

@@ -198,9 +198,24 @@ def matmul_gflops(n: int = 512, repeats: int = 7, dtype=torch.float32, m: int = 
 
 
 def memory_bandwidth(nbytes: int = 2 ** 28, repeats: int = 7) -> float:
-    """This machine's memory bandwidth in GB/s (1e9 bytes/s): copying a tensor of ``nbytes``
-    reads ``nbytes`` and writes ``nbytes``. Make ``nbytes`` much larger than the last-level
-    cache, or this measures the cache. Chapter "Counting what runs" (arithmetic intensity)."""
+    """This machine's memory bandwidth in GB/s (1e9 bytes/s) as a copy sees it: copying a tensor of
+    ``nbytes`` reads ``nbytes`` and writes ``nbytes``. Make ``nbytes`` much larger than the last-level
+    cache, or this measures the cache. The copy runs on torch's own vectorised kernel, whose speed
+    depends on the instructions torch uses (``ATEN_CPU_CAPABILITY``); to bound matrix products on a
+    roofline use :func:`read_bandwidth`, measured by the matrix-product routine itself."""
     n = nbytes // 4
     src, dst = torch.ones(n), torch.empty(n)
     return 2 * n * 4 / median_time(dst.copy_, src, repeats=repeats) / 1e9
+
+
+def read_bandwidth(nbytes: int = 2 ** 27, repeats: int = 7, rows: int = 8192) -> float:
+    """This machine's memory bandwidth in GB/s (1e9 bytes/s) as a matrix product sees it: one row
+    through an fp32 matrix of ``nbytes`` (``rows`` x ``nbytes / 4 / rows``), which reads every weight
+    once and does two FLOPs with it, as one token's decoding step does; bytes are
+    :func:`whatruns.count.matmul_bytes` of the product. Measured by the same routine (``torch.mm``) as
+    the products a roofline places under it, so that the roof bounds them on any CPU and with any of
+    torch's kernels. Make ``nbytes`` much larger than the last-level cache. Chapter "Counting what runs"
+    (the roofline)."""
+    cols = nbytes // 4 // rows
+    x, w = torch.full((1, rows), 0.5), torch.full((rows, cols), 0.5)
+    return 4 * (rows + rows * cols + cols) / median_time(torch.mm, x, w, repeats=repeats) / 1e9
