@@ -1,8 +1,9 @@
 """The built site in a real browser: headless Chromium (Debian's ``chromium``) driven by Playwright.
 
-Every page in the toc loads without console errors; math is typeset by the local MathJax; every image loads
-with a non-zero size; every internal link and anchor resolves; no request leaves 127.0.0.1 (requests to any
-other host are aborted and fail the test). Screenshots of a few pages go to ``_build/screenshots/``.
+Every page in the toc loads without console errors; math is typeset by the local MathJax; no page shows raw
+Markdown (a pipe table, its ``|---|`` rule, ``$...$`` math left as text: what a cell's Markdown output looks like
+when it is not parsed); every image loads with a non-zero size; every internal link and anchor resolves; no
+request leaves 127.0.0.1 (requests to any other host are aborted and fail the test). Screenshots of a few pages go to ``_build/screenshots/``.
 
 Needs a built site (``make book``) and ``/usr/bin/chromium`` (``.ci/run`` installs it); skipped otherwise,
 unless ``WHATRUNS_REQUIRE_BROWSER=1`` (set by ``make test``), which turns a skip into a failure.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import html.parser
+import re
 import http.server
 import os
 import pathlib
@@ -36,6 +38,44 @@ PAGE_TIMEOUT_MS = 30_000
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import booktools  # noqa: E402
+
+
+# What Markdown looks like when it reaches the page as text: table rows and rules, and inline math.
+RAW_MARKDOWN = {
+    "a pipe-table row": re.compile(r"^[ \t]*\|.*\|[ \t]*$", re.M),
+    # (Sphinx's smart quotes turn the rule's --- and -- into dashes: |—|–:|)
+    "a table rule |---|": re.compile(r"\|[ \t]*:?(?:-{3,}|[–—][-–—]*):?[ \t]*\|"),
+    "math left as $...$": re.compile(r"(?<![\\$\w])\$(?=\S)[^$\n]*?\S\$(?![\w$])"),
+}
+
+# The text a reader sees in a page's article, without code (where these characters are literal) and without
+# the math MathJax typeset.
+ARTICLE_TEXT_JS = """() => {
+    const root = (document.querySelector('article.bd-article') || document.querySelector('main') || document.body)
+        .cloneNode(true);
+    root.querySelectorAll('pre, code, kbd, samp, script, style, mjx-container, .highlight').forEach(e => e.remove());
+    return root.textContent;
+}"""
+
+
+def raw_markdown(text: str) -> list[str]:
+    """What in ``text`` is Markdown left unrendered: each kind found, with its first occurrence."""
+    found = []
+    for kind, pattern in RAW_MARKDOWN.items():
+        m = pattern.search(text)
+        if m:
+            found.append(f"{kind}: {m.group(0).strip()[:80]!r}")
+    return found
+
+
+def test_raw_markdown_is_recognised():
+    """The check below fails on what chapter 5's tables looked like as CommonMark, and not on prose."""
+    assert raw_markdown("| model | family | stored |\n|---|---|--:|\n| GPT-3 Small | dense | 125M |")
+    assert raw_markdown("costs $C_\\text{fwd}$ per token")
+    assert raw_markdown("|--:|:-:|")
+    assert raw_markdown("|—|—|–:|")   # the same rule after smart quotes
+    assert not raw_markdown("FLOPs per token (T = 2,048) cost 2 per weight; a|b is no table; US$ 5 and $ 3 are prices")
+    assert not raw_markdown("model\tfamily\tstored\nGPT-3 Small\tdense\t125M")
 
 
 def _missing() -> str | None:
@@ -157,6 +197,11 @@ def test_page_in_browser(server, browser, page):
                 ".every(e => e.querySelector('mjx-container'))", timeout=PAGE_TIMEOUT_MS)
             assert tab.locator("mjx-merror").count() == 0, f"{page}: MathJax reports a TeX error"
             assert tab.evaluate("() => MathJax.version").startswith("3."), "not the vendored MathJax 3"
+
+        # What the reader sees is rendered: no Markdown left as text (a cell's Markdown output parsed without
+        # tables or math, say).
+        raw = raw_markdown(tab.evaluate(ARTICLE_TEXT_JS))
+        assert not raw, f"{page}: raw Markdown on the page: {raw}"
 
         # Figures: every image decodes with a non-zero natural size (lazy images are made eager first).
         sizes = tab.evaluate("""async () => {
