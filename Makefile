@@ -2,7 +2,7 @@
 PY      := .venv/bin/python
 STAMP   := .venv/.installed
 
-.PHONY: book slides test test-lib test-notebooks test-site execute experiments bench clean
+.PHONY: book slides test test-lib test-notebooks test-site check execute experiments bench clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
@@ -21,22 +21,36 @@ book: $(STAMP)
 slides: $(STAMP)
 	$(PY) scripts/slides.py
 
-# The library's tests, every notebook under nbval, then the site built and checked in headless Chromium
-# (tests/browser; skipped where /usr/bin/chromium is missing, unless WHATRUNS_REQUIRE_BROWSER=1 as in CI).
-test: $(STAMP)
-	$(PY) -m pytest tests --ignore=tests/browser
-	@if ls book/*.ipynb >/dev/null 2>&1; then $(PY) -m pytest --nbval --nbval-current-env book/; fi
-	$(MAKE) test-site
+# The library's tests; every notebook under nbval (strict: the stored outputs are the claims), in place with this
+# CPU's kernels, then each one alone (copied into an empty folder, the package installed from a wheel) with
+# torch's generic kernels, ATEN_CPU_CAPABILITY=default, and, where the CPU has AVX-512, with avx2 too
+# (tests/notebooks); then the site built and checked in headless Chromium (tests/browser; skipped where
+# /usr/bin/chromium is missing, unless WHATRUNS_REQUIRE_BROWSER=1 as in CI).
+test: test-lib test-notebooks test-site
+
+test-lib: $(STAMP)
+	$(PY) -m pytest tests --ignore=tests/browser --ignore=tests/notebooks
+
+test-notebooks: $(STAMP)
+	$(PY) -m pytest --nbval --nbval-current-env book/
+	$(PY) -m pytest tests/notebooks
 
 test-site: book slides
 	$(PY) -m pytest tests/browser
+
+# One chapter as `make test` checks it, before committing it: nbval in place, then alone with generic kernels
+# (and avx2 where the CPU has more). make check NB=book/06_like_with_like.ipynb
+check: $(STAMP)
+	@test -n "$(NB)" || { echo "usage: make check NB=book/X.ipynb"; exit 2; }
+	$(PY) -m pytest --nbval --nbval-current-env $(NB)
+	$(PY) -m pytest tests/notebooks -k "$(basename $(notdir $(NB)))"
 
 # Re-execute notebooks in place (all, or NB=book/02_dense.ipynb), storing their outputs; then `make test`.
 execute: $(STAMP)
 	$(PY) scripts/execute.py $(NB)
 
-# The experiment chapters' full sweeps (minutes to an hour on 2 cores): writes book/data/*.json,
-# which the chapters read and re-check live. Interrupted sweeps resume from build/experiments/.
+# The experiment chapters' full sweeps (minutes to an hour on 2 cores): writes src/whatruns/data/*.json
+# (package data, whatruns.data), which the chapters read and re-check live. Interrupted sweeps resume from build/experiments/.
 experiments: $(STAMP)
 	$(PY) scripts/experiments.py
 
