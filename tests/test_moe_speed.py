@@ -10,7 +10,7 @@ import whatruns
 from whatruns import FFN, MoE
 from whatruns.count import ffn_flops
 from whatruns.measure import count_flops
-from whatruns import bench as moe_speed
+from whatruns import bench
 from whatruns.nn import MoELayer, _deal_out
 
 
@@ -32,19 +32,19 @@ def test_gather_computes_what_the_loop_computes_on_padded_rows(cf, gated):
 
 
 def test_gather_is_accepted_by_build():
-    spec = whatruns.load(moe_speed.hf_config("mixtral", 16) | {"hidden_size": 16, "num_attention_heads": 2,
+    spec = whatruns.load(bench.hf_config("mixtral", 16) | {"hidden_size": 16, "num_attention_heads": 2,
                                                                 "num_key_value_heads": 2, "num_local_experts": 4})
-    ids = torch.randint(0, moe_speed.VOCAB, (2, 8))
+    ids = torch.randint(0, bench.VOCAB, (2, 8))
     with torch.no_grad():
         torch.testing.assert_close(whatruns.build(spec, moe_strategy="gather")(ids),
                                    whatruns.build(spec, moe_strategy="loop")(ids))
 
 
 def test_benchmark_models_match_flops_and_params_as_the_issue_asks():
-    c = {name: whatruns.count(whatruns.load(cfg), seq_len=moe_speed.T) for name, cfg in moe_speed.SPECS.items()}
-    router = 2 * moe_speed.D * moe_speed.E
+    c = {name: whatruns.count(whatruns.load(cfg), seq_len=bench.T) for name, cfg in bench.SPECS.items()}
+    router = 2 * bench.D * bench.E
     assert c["moe"].flops_per_token == c["same FLOPs (a)"].flops_per_token + router  # (a): the same active FLOPs
-    assert c["moe"].total_params == c["same params (b)"].total_params + moe_speed.D * moe_speed.E  # (b): + the router
+    assert c["moe"].total_params == c["same params (b)"].total_params + bench.D * bench.E  # (b): + the router
     assert c["same params (b)"].flops_per_token > 20 * c["moe"].flops_per_token
 
 

@@ -18,8 +18,7 @@ the same way. :func:`run` returns the numbers (the stored run is ``whatruns.data
 passes of one strategy's MoE model and of (a), and lists each one's operations by their share of the time.
 
 >>> from whatruns import bench
->>> r = bench.run(["threads"], repeats=3, batch=1, dense=("same FLOPs (a)",))   # doctest: +SKIP
->>> print(bench.report(r))                                                      # doctest: +SKIP
+>>> print(bench.report(bench.run(repeats=3)))   # every strategy, (a) and (b): minutes on a CPU  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -146,6 +145,7 @@ def run(strategies=None, repeats: int = 7, threads: int = None, dtype=torch.floa
 
 
 def report(r: dict) -> str:
+    """A run of every model (:func:`run` with (a) and (b)) as a table, and its best strategy against the targets."""
     m = r["machine"]
     lines = [f"{m['device']} ({m['processor']}), {m['threads']} threads, torch {m['torch']}, {m['dtype']}; "
              f"load average {m['loadavg'][0]:.1f} on {m['cpus']} cpus" if m["loadavg"] else
