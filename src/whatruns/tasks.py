@@ -349,7 +349,7 @@ class ModularPairs:
         sweep, and ``tests/test_data.py`` checks that the current definition still gives it."""
         h = hashlib.sha256()
         for t in (self.x, self.y, self.train, self.test):
-            h.update(t.to(torch.int64).numpy().tobytes())
+            h.update(t.to(torch.int64).numpy().astype("<i8").tobytes())   # little-endian on any machine
         return h.hexdigest()[:16]
 
     @torch.no_grad()

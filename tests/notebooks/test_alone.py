@@ -41,7 +41,7 @@ def capabilities() -> list[str]:
 
 @pytest.fixture(scope="session")
 def installed(tmp_path_factory) -> pathlib.Path:
-    """A folder holding the package as a wheel of this checkout installs it (not editable)."""
+    """A folder holding the package as a wheel of this checkout installs it, not editable."""
     base = tmp_path_factory.mktemp("installed")
     # built from a copy of what the package is made of, so that nothing left in a build/ folder here gets in
     source = base / "source"
