@@ -117,3 +117,39 @@ def test_threads_falls_back_to_the_loop_where_threads_would_not_see_the_state(tw
         layer(x).sum().backward()
     torch.testing.assert_close(layers["threads"].experts.up.grad, layers["loop"].experts.up.grad)
     assert layers["threads"].experts.up.grad.abs().sum() > 0
+
+
+def _tiny_built():
+    """bench.models' layout on a tiny MoE and a tiny dense model (the real ones hold 100M parameters)."""
+    small = {"hidden_size": 16, "num_attention_heads": 2, "num_key_value_heads": 2}
+    moe_spec = whatruns.load(bench.hf_config("mixtral", 16) | small | {"num_local_experts": 4})
+    dense_spec = whatruns.load(bench.hf_config("llama", 32) | small)
+    moe = whatruns.build(moe_spec, moe_strategy="loop").eval()
+    built = {f"moe/{s}": (moe, moe_spec, s) for s in ("loop", "gather", "onehot")}
+    built["same FLOPs (a)"] = (whatruns.build(dense_spec).eval(), dense_spec, None)
+    return built
+
+
+def test_one_moe_model_runs_every_strategy():
+    """bench.forward sets the strategy on the model's MoE layers: one model, built once, computes the same
+    function every way (the benchmark no longer builds one model per strategy)."""
+    built = _tiny_built()
+    ids = torch.randint(0, bench.VOCAB, (2, 8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = {name: bench.forward(m, s, ids) for name, (m, _, s) in built.items() if s}
+    assert len({id(m) for m, _, _ in built.values()}) == 2
+    for name in ("moe/gather", "moe/onehot"):
+        torch.testing.assert_close(out[name], out["moe/loop"])
+    assert built["moe/onehot"][0].moe_layers()[0].strategy == "onehot"
+
+
+def test_run_reuses_built_models_and_counts_their_flops():
+    built = _tiny_built()
+    r = bench.run(["loop", "gather"], repeats=2, batch=1, dense=("same FLOPs (a)",), built=built)
+    assert list(r["median_s"]) == ["moe/loop", "moe/gather", "same FLOPs (a)"]
+    assert all(len(t) == 2 for t in r["times_s"].values())
+    per_token = r["count_flops_per_token"]
+    assert r["measured_flops"]["moe/loop"] == per_token["moe/loop"] * bench.T   # the exact strategy: count() FLOPs
+    assert r["measured_flops"]["moe/gather"] > r["measured_flops"]["moe/loop"]   # padded to the busiest expert
+    assert r["measured_flops"]["same FLOPs (a)"] == per_token["same FLOPs (a)"] * bench.T
+    assert r["moe_over_a"] == {s: r["median_s"][f"moe/{s}"] / r["median_s"]["same FLOPs (a)"] for s in ("loop", "gather")}

@@ -163,3 +163,13 @@ def test_config_validation():
         ToyConfig(8, 8, 8, experts=2, top_k=3)
     with pytest.raises(ValueError):
         ToyConfig(8, 8, 8, shared_width=4)
+
+
+def test_a_task_fingerprint_names_its_pairs_labels_and_split():
+    """ModularPairs.fingerprint (stored beside chapter 8's sweep): the same task gives the same hash; another
+    seed (another split or labelling), rule or fraction gives another."""
+    fp = ModularPairs(59, "add", 0.5, seed=0).fingerprint()
+    assert fp == ModularPairs(59, "add", 0.5, seed=0).fingerprint() and len(fp) == 16
+    others = {ModularPairs(59, "add", 0.5, seed=1).fingerprint(), ModularPairs(59, "add", 0.8, seed=0).fingerprint(),
+              ModularPairs(59, "random", 1.0, seed=0).fingerprint(), ModularPairs(53, "add", 0.5, seed=0).fingerprint()}
+    assert fp not in others and len(others) == 4
