@@ -48,7 +48,7 @@ def transformers(draw, family=None):
         kw.update(positions=draw(small(8, 12)), norm=Norm("layernorm", bias=True),
                   ffn=FFN(ffn.width, gated=False, bias=True, activation="gelu_tanh"))
     elif family in ("llama", "qwen3"):
-        a = Attention(H, K, dh, qk_norm=family == "qwen3")
+        a = Attention(H, K, dh, qk_norm="head" if family == "qwen3" else None)
     elif family.startswith("mla") or family == "deepseek_v3":
         r = draw(small(1, 4))
         a = Attention(H, H, r + draw(small(1, 5)), v_head_dim=draw(small(2, 6)), kv_lora_rank=draw(small(2, 6)),

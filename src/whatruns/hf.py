@@ -314,22 +314,23 @@ def _llama_like(d: dict, model_type: str) -> Transformer:
         kv = _kv_heads(c, H, None)
         bias = out_bias = c.flag("attention_bias", False)
         ffn_bias = c.flag("mlp_bias", False)
-        qk_norm = False
+        qk_norm = None
         window, sliding = None, []
     elif model_type == "mistral":
         dh = _head_dim(c, D, H, None)
         kv = _kv_heads(c, H, 8, nullable=False)
-        bias = out_bias = ffn_bias = qk_norm = False  # no bias whatever the file says
+        bias = out_bias = ffn_bias = False  # no bias whatever the file says
+        qk_norm = None
         window = _sliding_window_value(c, 4096)
         sliding = list(range(L))  # MistralModel uses the sliding mask on every layer
     elif model_type in ("qwen2", "qwen3"):
         if model_type == "qwen2":
             dh = _head_dim(c, D, H, None, nullable=False)  # not a Qwen2Config field, but the attention reads it
-            bias, out_bias, qk_norm = True, False, False
+            bias, out_bias, qk_norm = True, False, None
         else:
             dh = _head_dim(c, D, H, 128, nullable=False)
             bias = out_bias = c.flag("attention_bias", False)
-            qk_norm = True
+            qk_norm = "head"
         ffn_bias = False
         kv = _kv_heads(c, H, 32)
         use = c.flag("use_sliding_window", False)
@@ -394,7 +395,7 @@ def _qwen_moe(d: dict, model_type: str) -> Transformer:
         attn = Attention(heads=H, kv_heads=_kv_heads(c, H, 4, nullable=False),
                          head_dim=_head_dim(c, D, H, None, nullable=False),
                          bias=c.flag("attention_bias", False), out_bias=c.flag("attention_bias", False),
-                         qk_norm=True)
+                         qk_norm="head")
         window = _sliding_window_value(c, 4096) if c.flag("use_sliding_window", False) else None
         sliding = list(range(L))  # the attention reads config.sliding_window on every layer
     else:

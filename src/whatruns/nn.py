@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
-from .spec import FFN, Attention, EmbeddingModel, MoE, Norm, SpecError, Transformer
+from .spec import FFN, Attention, Block, EmbeddingModel, LinearAttention, Mamba2, MoE, Norm, SpecError, Transformer
 
 STRATEGIES = ("grouped_mm", "loop", "dense", "onehot")
 """How a MoE layer computes its experts (see :class:`MoELayer`); the first is the default."""
@@ -123,30 +123,36 @@ def relative_buckets(T: int, S: int, buckets: int, bidirectional: bool, max_dist
 
 class SelfAttention(nn.Module):
     """MHA / GQA / MQA, or MLA (DeepSeek-V2/V3, computed the naive way: keys and values are
-    expanded from the latent); cross-attention when called with ``source``."""
+    expanded from the latent); cross-attention when called with ``source``. Options of the spec:
+    QK-norm per head or over all heads, a sigmoid output gate, sinks, and a sparse-attention indexer
+    (its top-k keys per query become a mask over all T keys, so the attention's FLOPs are those of
+    T keys, as :func:`whatruns.count.mean_keys` counts without ``causal``)."""
 
     def __init__(self, D: int, a: Attention, rotary: bool):
         super().__init__()
         self.a, self.rotary = a, rotary
         H, K, dh, dv = a.heads, a.kv_heads, a.head_dim, a.v_head_dim
+        q_out = H * dh * (2 if a.gate else 1)
         if a.mla:
             if a.q_lora_rank:
                 self.q_a = nn.Linear(D, a.q_lora_rank, bias=a.bias)
                 self.q_norm = nn.RMSNorm(a.q_lora_rank, eps=1e-6)
-                self.q_b = nn.Linear(a.q_lora_rank, H * dh, bias=False)
+                self.q_b = nn.Linear(a.q_lora_rank, q_out, bias=False)
             else:
-                self.q = nn.Linear(D, H * dh, bias=False)
+                self.q = nn.Linear(D, q_out, bias=False)
             self.kv_a = nn.Linear(D, a.kv_lora_rank + a.rope_head_dim, bias=a.bias)  # latent + rope key
             self.kv_norm = nn.RMSNorm(a.kv_lora_rank, eps=1e-6)
             self.kv_b = nn.Linear(a.kv_lora_rank, H * (dh - a.rope_head_dim + dv), bias=False)
         else:
-            self.q = nn.Linear(D, H * dh, bias=a.bias)
+            self.q = nn.Linear(D, q_out, bias=a.bias)
             self.k = nn.Linear(D, K * dh, bias=a.bias)
             self.v = nn.Linear(D, K * dv, bias=a.bias)
         self.o = nn.Linear(H * dv, D, bias=a.out_bias)
-        self.q_head_norm = nn.RMSNorm(dh, eps=1e-6) if a.qk_norm else None
-        self.k_head_norm = nn.RMSNorm(dh, eps=1e-6) if a.qk_norm else None
+        norm_q, norm_k = {"head": (dh, dh), "full": (H * dh, K * dh)}.get(a.qk_norm, (0, 0))
+        self.q_head_norm = nn.RMSNorm(norm_q, eps=1e-6) if norm_q else None
+        self.k_head_norm = nn.RMSNorm(norm_k, eps=1e-6) if norm_k else None
         self.sinks = nn.Parameter(torch.zeros(H)) if a.sinks else None
+        self.indexer = Indexer(D, a) if a.indexer is not None else None
 
     def heads(self, x, n, d):  # (B, T, n*d) -> (B, n, T, d)
         return x.view(x.shape[0], x.shape[1], n, d).transpose(1, 2)
@@ -154,11 +160,24 @@ class SelfAttention(nn.Module):
     def forward(self, x, source=None, mask=None, causal=False):
         a = self.a
         H, K, dh, dv = a.heads, a.kv_heads, a.head_dim, a.v_head_dim
+        B, T = x.shape[:2]
         rotary = self.rotary and source is None  # no positions across the encoder/decoder gap
         source = x if source is None else source
+        q_latent = None
+        if a.mla:
+            if a.q_lora_rank:
+                q_latent = self.q_norm(self.q_a(x))
+                q = self.q_b(q_latent)
+            else:
+                q = self.q(x)
+        else:
+            q = self.q(x)
+        gate = None
+        if a.gate:  # each head's query and its gate, side by side
+            q, gate = q.view(B, T, H, 2 * dh).split([dh, dh], dim=-1)
+            q, gate = q.reshape(B, T, H * dh), gate.reshape(B, T, H * dh)
         if a.mla:
             r, nope = a.rope_head_dim, a.head_dim - a.rope_head_dim
-            q = self.q_b(self.q_norm(self.q_a(x))) if a.q_lora_rank else self.q(x)
             q_nope, q_rope = self.heads(q, H, dh).split([nope, r], dim=-1)
             latent, k_rope = self.kv_a(source).split([a.kv_lora_rank, r], dim=-1)
             k_nope, v = self.heads(self.kv_b(self.kv_norm(latent)), H, nope + dv).split([nope, dv], dim=-1)
@@ -168,17 +187,160 @@ class SelfAttention(nn.Module):
             q = torch.cat([q_nope, q_rope], dim=-1)
             k = torch.cat([k_nope, k_rope.expand(-1, H, -1, -1)], dim=-1)
         else:
-            q, k, v = self.heads(self.q(x), H, dh), self.heads(self.k(source), K, dh), self.heads(self.v(source), K, dv)
-        if self.q_head_norm is not None:
+            k, v = self.k(source), self.v(source)
+            if a.qk_norm == "full":
+                q, k = self.q_head_norm(q), self.k_head_norm(k)
+            q, k, v = self.heads(q, H, dh), self.heads(k, K, dh), self.heads(v, K, dv)
+        if a.qk_norm == "head":
             q, k = self.q_head_norm(q), self.k_head_norm(k)
         if rotary and not a.mla:
             q, k = rotate(q), rotate(k)
+        if self.indexer is not None:
+            mask = self.indexer(x, q_latent, mask, causal)
         if self.sinks is not None:
             out = attend_with_sinks(q, k, v, self.sinks, mask, causal)
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None,
                                                  enable_gqa=K < H)
-        return self.o(out.transpose(1, 2).reshape(x.shape[0], x.shape[1], H * dv))
+        out = out.transpose(1, 2).reshape(B, T, H * dv)
+        if gate is not None:
+            out = out * torch.sigmoid(gate)
+        return self.o(out)
+
+
+class Indexer(nn.Module):
+    """DeepSeek Sparse Attention's lightning indexer: per query, a score for every key -- the sum over
+    Hi heads of w_h * relu(q_h . k), q_h from the MLA query latent, one LayerNorm-ed key of di per
+    position, w_h from the input -- and the mask that keeps each query's ``top_k`` best (visible) keys.
+    FLOPs: its projections, and 2*Hi*(di + 1) per (query, key) pair (two matmuls)."""
+
+    def __init__(self, D: int, a: Attention):
+        super().__init__()
+        i = a.indexer
+        self.i = i
+        self.wq_b = nn.Linear(a.q_lora_rank, i.heads * i.head_dim, bias=False)
+        self.wk = nn.Linear(D, i.head_dim, bias=False)
+        self.k_norm = nn.LayerNorm(i.head_dim, eps=1e-6)
+        self.weights_proj = nn.Linear(D, i.heads, bias=False)
+
+    def forward(self, x, q_latent, mask, causal):
+        B, T, _ = x.shape
+        i = self.i
+        q = self.wq_b(q_latent).view(B, T, i.heads, i.head_dim)
+        k = self.k_norm(self.wk(x))  # (B, T, di)
+        scores = torch.matmul(q.reshape(B, T * i.heads, i.head_dim), k.transpose(1, 2))  # (B, T*Hi, T)
+        w = self.weights_proj(x) * i.heads ** -0.5  # (B, T, Hi)
+        scores = torch.matmul(w.unsqueeze(2), F.relu(scores).view(B, T, i.heads, T)).squeeze(2)  # (B, T, T)
+        base = mask if mask is not None else (_causal_mask(T, x.dtype) if causal else None)
+        if base is not None:
+            scores = scores + (base if base.dim() == 2 else base.amax(dim=0))
+        keep = scores.topk(min(i.top_k, T), dim=-1).indices
+        sparse = torch.full((B, T, T), float("-inf"), dtype=x.dtype).scatter(-1, keep, 0.0)
+        if base is not None:
+            sparse = sparse + base
+        return sparse.unsqueeze(1)  # (B, 1, T, T): every head reads the same keys
+
+
+def _causal_mask(T: int, dtype) -> torch.Tensor:
+    q, key = torch.arange(T)[:, None], torch.arange(T)[None, :]
+    return torch.zeros(T, T, dtype=dtype).masked_fill(key > q, float("-inf"))
+
+
+def causal_conv(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
+    """A depthwise causal convolution over time: ``x`` (B, T, C) -> (B, T, C), each position mixing itself
+    and the ``kernel - 1`` before it. Padded on the left only, so the counter sees 2 FLOPs per tap, channel
+    and position -- T positions, no more."""
+    k = conv.kernel_size[0]
+    return conv(F.pad(x.transpose(1, 2), (k - 1, 0))).transpose(1, 2)
+
+
+class GatedDeltaNet(nn.Module):
+    """A gated DeltaNet layer (:class:`~whatruns.spec.LinearAttention`), in recurrent form: token by
+    token, each value head reads its dk x dv state S at the key (S^T k), writes the correction
+    beta * (v - S^T k) along k, decays S by exp(g), and answers the query (S^T q). Each of the three
+    is a matmul: 6*dk*dv FLOPs per head and token, whatever the position (chapter "What serving costs")."""
+
+    def __init__(self, D: int, m: LinearAttention):
+        super().__init__()
+        self.m = m
+        H, Hk, dk, dv = m.heads, m.key_heads, m.key_dim, m.value_dim
+        self.in_proj_qkvz = nn.Linear(D, 2 * Hk * dk + 2 * H * dv, bias=False)
+        self.in_proj_ba = nn.Linear(D, 2 * H, bias=False)
+        C = m.conv_channels
+        self.conv1d = nn.Conv1d(C, C, m.conv, groups=C, bias=False)
+        self.dt_bias = nn.Parameter(torch.ones(H))
+        self.A_log = nn.Parameter(torch.zeros(H))
+        self.norm = nn.RMSNorm(dv, eps=1e-6)
+        self.out_proj = nn.Linear(H * dv, D, bias=False)
+
+    def forward(self, x, state=None):
+        m = self.m
+        B, T, _ = x.shape
+        H, Hk, dk, dv = m.heads, m.key_heads, m.key_dim, m.value_dim
+        q, k, v, z = self.in_proj_qkvz(x).split([Hk * dk, Hk * dk, H * dv, H * dv], dim=-1)
+        b, a = self.in_proj_ba(x).split([H, H], dim=-1)
+        q, k, v = F.silu(causal_conv(torch.cat([q, k, v], dim=-1), self.conv1d)).split(
+            [Hk * dk, Hk * dk, H * dv], dim=-1)
+        rep = H // Hk
+        q = F.normalize(q.view(B, T, Hk, dk), dim=-1).repeat_interleave(rep, dim=2) * dk ** -0.5
+        k = F.normalize(k.view(B, T, Hk, dk), dim=-1).repeat_interleave(rep, dim=2)
+        v = v.view(B, T, H, dv)
+        beta = torch.sigmoid(b)  # (B, T, H)
+        g = -self.A_log.float().exp() * F.softplus(a.float() + self.dt_bias)  # log decay per head and token
+        S = x.new_zeros(B, H, dk, dv) if state is None else state
+        out = []
+        for t in range(T):
+            S = S * g[:, t].exp().to(x.dtype)[..., None, None]
+            kt, qt = k[:, t].unsqueeze(-1), q[:, t].unsqueeze(-1)  # (B, H, dk, 1)
+            held = torch.matmul(S.transpose(-1, -2), kt).squeeze(-1)  # (B, H, dv): what S holds at k
+            delta = (v[:, t] - held) * beta[:, t, :, None]
+            S = S + torch.matmul(kt, delta.unsqueeze(-2))  # write along k
+            out.append(torch.matmul(S.transpose(-1, -2), qt).squeeze(-1))
+        y = torch.stack(out, dim=1)  # (B, T, H, dv)
+        y = self.norm(y) * F.silu(z.view(B, T, H, dv))
+        return self.out_proj(y.reshape(B, T, H * dv))
+
+
+class Mamba2Mixer(nn.Module):
+    """A Mamba-2 mixer (:class:`~whatruns.spec.Mamba2`), in recurrent form: token by token, each head's
+    head_dim x N state decays by exp(dt * A) and adds dt * x outer B, and the output reads it with C,
+    plus the skip D * x. Two matmuls per head and token: 4*I*N FLOPs, flat in T."""
+
+    def __init__(self, D: int, m: Mamba2):
+        super().__init__()
+        self.m = m
+        I, G, N, H = m.inner, m.groups, m.state, m.heads
+        self.in_proj = nn.Linear(D, 2 * I + 2 * G * N + H, bias=m.bias)
+        C = m.conv_channels
+        self.conv1d = nn.Conv1d(C, C, m.conv, groups=C, bias=m.conv_bias)
+        self.dt_bias = nn.Parameter(torch.ones(H))
+        self.A_log = nn.Parameter(torch.zeros(H))
+        self.D = nn.Parameter(torch.ones(H))
+        self.norm_weight = nn.Parameter(torch.ones(I))  # the gated RMSNorm, over each group of I/G channels
+        self.out_proj = nn.Linear(I, D, bias=m.bias)
+
+    def forward(self, x, state=None):
+        m = self.m
+        B, T, _ = x.shape
+        I, G, N, H, P = m.inner, m.groups, m.state, m.heads, m.head_dim
+        z, xbc, dt = self.in_proj(x).split([I, I + 2 * G * N, H], dim=-1)
+        xs, Bm, Cm = F.silu(causal_conv(xbc, self.conv1d)).split([I, G * N, G * N], dim=-1)
+        xs = xs.view(B, T, H, P)
+        rep = H // G
+        Bm = Bm.view(B, T, G, N).repeat_interleave(rep, dim=2)  # (B, T, H, N)
+        Cm = Cm.view(B, T, G, N).repeat_interleave(rep, dim=2)
+        dt = F.softplus(dt + self.dt_bias)  # (B, T, H)
+        A = -self.A_log.float().exp()
+        h = x.new_zeros(B, H, P, N) if state is None else state
+        out = []
+        for t in range(T):
+            h = h * (dt[:, t] * A).exp().to(x.dtype)[..., None, None]
+            h = h + torch.matmul((dt[:, t, :, None] * xs[:, t]).unsqueeze(-1), Bm[:, t].unsqueeze(-2))
+            out.append(torch.matmul(h, Cm[:, t].unsqueeze(-1)).squeeze(-1) + self.D[:, None] * xs[:, t])
+        y = torch.stack(out, dim=1).reshape(B, T, I) * F.silu(z)
+        y = y.view(B, T, G, I // G)
+        y = (y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + 1e-6)).reshape(B, T, I) * self.norm_weight
+        return self.out_proj(y)
 
 
 def attend_with_sinks(q, k, v, sinks, mask, causal):
@@ -281,11 +443,14 @@ class MoELayer(nn.Module):
             self.register_buffer("score_bias", torch.zeros(m.experts))
         else:
             self.score_bias = nn.Parameter(torch.zeros(m.experts), requires_grad=False) if m.score_bias else None
-        self.experts = Experts(m.experts, D, m.expert)
+        De = m.latent or D  # the width the experts work in
+        self.latent_in = nn.Linear(D, m.latent, bias=m.latent_bias) if m.latent else None
+        self.latent_out = nn.Linear(m.latent, D, bias=m.latent_bias) if m.latent else None
+        self.experts = Experts(m.experts, De, m.expert)
         self.shared = FeedForward(D, m.shared) if m.shared is not None else None
         self.shared_gate = nn.Linear(D, 1, bias=False) if m.shared_gate else None
-        if strategy == "grouped_mm" and not _grouped_mm_works(D, m.expert.width):
-            warnings.warn(f"torch._grouped_mm cannot run D={D}, F={m.expert.width} here (on CPU it needs "
+        if strategy == "grouped_mm" and not _grouped_mm_works(De, m.expert.width):
+            warnings.warn(f"torch._grouped_mm cannot run D={De}, F={m.expert.width} here (on CPU it needs "
                           "rows of a multiple of 16 bytes); this layer uses the 'loop' strategy")
             self.strategy = "loop"
         self.aux_loss = self.load = self.dropped = None
@@ -327,9 +492,12 @@ class MoELayer(nn.Module):
         else:
             self.dropped = 0
         strategy = self.strategy
-        if strategy == "grouped_mm" and not _grouped_mm_works(x.shape[1], self.m.expert.width, x.dtype):
+        xe = self.latent_in(x) if self.latent_in is not None else x  # what the experts read
+        if strategy == "grouped_mm" and not _grouped_mm_works(xe.shape[1], self.m.expert.width, x.dtype):
             strategy = "loop"  # e.g. float64, which torch._grouped_mm has no kernel for
-        y = getattr(self, "_" + strategy)(x, expert, token, weight, slot, cap)
+        y = getattr(self, "_" + strategy)(xe, expert, token, weight, slot, cap)
+        if self.latent_out is not None:
+            y = self.latent_out(y)
         if self.shared is not None:
             s = self.shared(x)
             y = y + (torch.sigmoid(self.shared_gate(x)) * s if self.shared_gate is not None else s)
@@ -347,7 +515,7 @@ class MoELayer(nn.Module):
         N, E, k = x.shape[0], self.m.experts, self.m.top_k
         self.router(x)
         q, r = divmod(N * k, E)
-        rows = x.repeat(k, 1)
+        rows = (self.latent_in(x) if self.latent_in is not None else x).repeat(k, 1)
         if q:
             self.experts.run(rows[:q * E].reshape(E, q, -1), _bmm, lambda b: b[:, None])
         if r:
@@ -355,6 +523,8 @@ class MoELayer(nn.Module):
         self.aux_loss = self.load = None
         self.dropped = 0
         y = torch.zeros_like(x)
+        if self.latent_out is not None:
+            y = self.latent_out(rows[:N])
         if self.shared is not None:
             s = self.shared(x)
             y = y + (torch.sigmoid(self.shared_gate(x)) * s if self.shared_gate is not None else s)
@@ -482,78 +652,118 @@ def _grouped_mm_works(D: int, F_: int, dtype=torch.float32) -> bool:
 # ---------------------------------------------------------------------------------------------
 # the transformer
 
-class Block(nn.Module):
-    """One pre-norm layer: self-attention, cross-attention (decoder of an encoder-decoder), FFN or MoE."""
+class Layer(nn.Module):
+    """One layer built from a :class:`~whatruns.spec.Block`, pre-norm: its mixer (``attn`` for attention,
+    ``mixer`` for linear attention and Mamba-2), cross-attention (a decoder of an encoder-decoder), then
+    its FFN or MoE (``ffn``); with ``post_norms`` each sublayer's output is normalised too (Gemma)."""
 
-    def __init__(self, s: Transformer, moe: bool, cross: bool, rotary: bool, strategy: str, capacity_factor):
+    def __init__(self, s: Transformer, b: Block, rotary: bool, strategy: str, capacity_factor):
         super().__init__()
         D = s.width
-        self.attn_norm, self.attn = make_norm(s.norm, D), SelfAttention(D, s.attention, rotary)
-        self.cross_norm = make_norm(s.norm, D) if cross else None
-        self.cross = SelfAttention(D, s.attention, rotary) if cross else None
-        self.ffn_norm = make_norm(s.norm, D)
-        self.ffn = MoELayer(D, s.moe, strategy, capacity_factor) if moe else FeedForward(D, s.ffn)
+        self.block = b
+
+        def norm():
+            return make_norm(s.norm, D)
+
+        self.attn = self.mixer = self.cross = self.ffn = None
+        if isinstance(b.mixer, Attention):
+            self.attn_norm, self.attn = norm(), SelfAttention(D, b.mixer, rotary)
+        elif isinstance(b.mixer, LinearAttention):
+            self.mixer_norm, self.mixer = norm(), GatedDeltaNet(D, b.mixer)
+        elif isinstance(b.mixer, Mamba2):
+            self.mixer_norm, self.mixer = norm(), Mamba2Mixer(D, b.mixer)
+        if b.cross is not None:
+            self.cross_norm, self.cross = norm(), SelfAttention(D, b.cross, rotary)
+        if isinstance(b.ffn, MoE):
+            self.ffn_norm, self.ffn = norm(), MoELayer(D, b.ffn, strategy, capacity_factor)
+        elif isinstance(b.ffn, FFN):
+            self.ffn_norm, self.ffn = norm(), FeedForward(D, b.ffn)
+        self.post = nn.ModuleList(norm() for _ in range(b.sublayers)) if b.post_norms else None
 
     def forward(self, x, mask, causal, memory=None):
-        x = x + self.attn(self.attn_norm(x), mask=mask, causal=causal)
+        post = iter(self.post) if self.post is not None else None
+
+        def residual(x, h):
+            return x + (next(post)(h) if post is not None else h)
+
+        if self.attn is not None:
+            x = residual(x, self.attn(self.attn_norm(x), mask=mask, causal=causal))
+        elif self.mixer is not None:
+            x = residual(x, self.mixer(self.mixer_norm(x)))
         if self.cross is not None:
-            x = x + self.cross(self.cross_norm(x), source=memory)
-        return x + self.ffn(self.ffn_norm(x))
+            x = residual(x, self.cross(self.cross_norm(x), source=memory))
+        if self.ffn is not None:
+            x = residual(x, self.ffn(self.ffn_norm(x)))
+        return x
 
 
 class Stack(nn.Module):
-    """The encoder or the decoder: layers, a T5 relative-position bias shared by its layers
-    (if ``relative_buckets``), a final norm."""
+    """The encoder or the decoder: its layers, run by run; a T5 relative-position bias shared by its
+    layers (if ``relative_buckets``); a final norm (unless the spec has none)."""
 
-    def __init__(self, s: Transformer, layers: int, moe_layers, decoder: bool, cross: bool, strategy, capacity_factor):
+    def __init__(self, s: Transformer, runs, decoder: bool, strategy, capacity_factor):
         super().__init__()
         self.s, self.decoder = s, decoder
         rotary = not s.positions and not s.relative_buckets
-        self.blocks = nn.ModuleList(Block(s, i in moe_layers, cross, rotary, strategy, capacity_factor)
-                                    for i in range(layers))
-        self.relative_bias = nn.Embedding(s.relative_buckets, s.attention.heads) if s.relative_buckets else None
-        self.norm = make_norm(s.norm, s.width)
+        self.blocks = nn.ModuleList(Layer(s, r.block, rotary, strategy, capacity_factor)
+                                    for r in runs for _ in range(r.repeat))
+        first = runs[0].block.mixer
+        self.relative_bias = nn.Embedding(s.relative_buckets, first.heads) if s.relative_buckets else None
+        self.norm = make_norm(s.norm, s.width) if s.final_norm else None
 
-    def masks(self, T):
-        """Per layer: an additive (H or 1, T, T) mask, or None for plain (causal) attention."""
-        s, bias = self.s, None
+    def masks(self, T, dtype):
+        """Per layer: an additive (H or 1, T, T) mask, or None for plain attention (SDPA's is_causal in a
+        decoder). One mask per kind of layer (window, chunk), shared by the layers of that kind."""
+        bias = None
         if self.relative_bias is not None:
-            buckets = relative_buckets(T, T, s.relative_buckets, bidirectional=not self.decoder)
+            buckets = relative_buckets(T, T, self.s.relative_buckets, bidirectional=not self.decoder)
             bias = self.relative_bias(buckets).permute(2, 0, 1)  # a lookup: 0 FLOPs
-        masks = []
-        for i in range(len(self.blocks)):
-            if not self.decoder:
-                masks.append(bias)
-                continue
-            if bias is None and i not in s.sliding_layers:
-                masks.append(None)  # SDPA's is_causal
-                continue
-            q, key = torch.arange(T)[:, None], torch.arange(T)[None, :]
-            allowed = key <= q
-            if i in s.sliding_layers:
-                allowed &= q - key < s.sliding_window
-            m = torch.zeros(T, T).masked_fill(~allowed, float("-inf"))
-            masks.append(m if bias is None else bias + m)
+        made, masks = {}, []
+        for layer in self.blocks:
+            a = layer.attn.a if layer.attn is not None else None
+            key = (a.window, a.chunk) if a is not None else None
+            if key not in made:
+                made[key] = self._mask(T, dtype, bias, *(key or (0, 0)))
+            masks.append(made[key])
         return masks
 
+    def _mask(self, T, dtype, bias, window, chunk):
+        if not self.decoder and not window and not chunk:
+            return bias
+        if bias is None and not window and not chunk:
+            return None  # SDPA's is_causal
+        q, key = torch.arange(T)[:, None], torch.arange(T)[None, :]
+        allowed = key <= q if self.decoder else torch.ones(T, T, dtype=torch.bool)
+        if window:
+            allowed &= (q - key).abs() < window
+        if chunk:
+            allowed &= q // chunk == key // chunk
+        m = torch.zeros(T, T).masked_fill(~allowed, float("-inf"))
+        return (m if bias is None else bias + m).to(dtype)
+
     def forward(self, x, memory=None):
-        for block, mask in zip(self.blocks, self.masks(x.shape[1])):
-            x = block(x, mask.to(x.dtype) if mask is not None else None, self.decoder, memory)
-        return self.norm(x)
+        for block, mask in zip(self.blocks, self.masks(x.shape[1], x.dtype)):
+            x = block(x, mask, self.decoder, memory)
+        return self.norm(x) if self.norm is not None else x
 
 
 class TransformerLM(nn.Module):
-    """Token ids (B, T) -> logits (B, T, V). An encoder-decoder reads the same ids in both stacks."""
+    """Token ids (B, T) -> logits (B, T, V). An encoder-decoder reads the same ids in both stacks; an
+    encoder alone (BERT) reads them once."""
 
     def __init__(self, s: Transformer, strategy: str = STRATEGIES[0], capacity_factor: float = None):
         super().__init__()
         self.spec = s
         self.embed = nn.Embedding(s.vocab, s.width)
         self.positions = nn.Embedding(s.positions, s.width) if s.positions else None
-        self.encoder = Stack(s, s.encoder_layers, s.encoder_moe_layers, False, False, strategy, capacity_factor) \
-            if s.encoder_decoder else None
-        self.decoder = Stack(s, s.layers, s.moe_layers, True, s.encoder_decoder, strategy, capacity_factor)
+        self.token_types = nn.Embedding(s.token_types, s.width) if s.token_types else None
+        self.embed_norm = make_norm(s.norm, s.width) if s.embedding_norm else None
+        self.encoder = Stack(s, s.encoder, False, strategy, capacity_factor) if s.encoder else None
+        self.decoder = Stack(s, s.blocks, True, strategy, capacity_factor) if s.blocks else None
         self.head = None if s.tied else nn.Linear(s.width, s.vocab, bias=False)
+        self.head_transform = nn.Linear(s.width, s.width) if s.head_transform else None
+        self.head_norm = make_norm(s.norm, s.width) if s.head_transform else None
+        self.head_bias = nn.Parameter(torch.zeros(s.vocab)) if s.head_bias else None
         for mod in self.modules():
             if isinstance(mod, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(mod.weight, std=0.02)
@@ -566,9 +776,17 @@ class TransformerLM(nn.Module):
             if ids.shape[1] > self.positions.num_embeddings:
                 raise ValueError(f"{ids.shape[1]} tokens, but the position table has {self.positions.num_embeddings} rows")
             x = x + self.positions(torch.arange(ids.shape[1]))
-        memory = self.encoder(x) if self.encoder is not None else None
-        h = self.decoder(x, memory)
-        return F.linear(h, self.embed.weight if self.head is None else self.head.weight)
+        if self.token_types is not None:  # every token of type 0
+            x = x + self.token_types(torch.zeros_like(ids))
+        if self.embed_norm is not None:
+            x = self.embed_norm(x)
+        h = self.encoder(x) if self.encoder is not None else None
+        if self.decoder is not None:
+            h = self.decoder(x, h)
+        if self.head_transform is not None:
+            h = self.head_norm(F.gelu(self.head_transform(h)))
+        logits = F.linear(h, self.embed.weight if self.head is None else self.head.weight)
+        return logits if self.head_bias is None else logits + self.head_bias
 
     def moe_layers(self):
         return [m for m in self.modules() if isinstance(m, MoELayer)]
