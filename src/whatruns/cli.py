@@ -52,16 +52,26 @@ def _seq_len(text: str) -> int:
 
 
 def _parser() -> _Parser:
+    from .count import ACTIVE_CONVENTIONS
     p = _Parser(prog=PROG, description="Count what runs per input: parameters stored, parameters "
                                        "active, and FLOPs per token.")
     sub = p.add_subparsers(dest="command", metavar="{count,catalog}", parser_class=_Parser)
     sub.required = True
     c = sub.add_parser("count", help="count one model: parameters, active parameters, FLOPs per token",
                        description="Count one model. SOURCE is a catalog name, a path to a config.json "
-                                   "(or a folder holding one), or - for standard input.")
+                                   "(or a folder holding one), a Hugging Face Hub id (owner/name; read "
+                                   "through huggingface_hub and its cache), or - for standard input.")
     c.add_argument("source", metavar="SOURCE")
     c.add_argument("--seq-len", type=_seq_len, default=2048, metavar="T",
                    help="tokens per sequence, for attention FLOPs (default: 2048)")
+    c.add_argument("--causal", action="store_true",
+                   help="attention pays only for the keys a query can see (causal mask, sliding windows, "
+                        "chunks); without it, for all T keys, as a FLOP counter sees a masked attention")
+    c.add_argument("--active-convention", choices=ACTIVE_CONVENTIONS, default="one_row", metavar="C",
+                   help="how the embedding counts in 'active': one_row (the row a token reads; default), "
+                        "whole_table (as Mixtral and Llama 4 publish), non_embedding (neither table nor head)")
+    c.add_argument("--structure", action="store_true",
+                   help="also print the layers as read: mixers, heads, key/value heads, head size, experts")
     c.add_argument("--variant", default=None, metavar="NAME",
                    help="for a catalog name: count one of its variants (see its entry) instead")
     c.add_argument("--json", action="store_true", help="print one JSON object")
@@ -82,7 +92,10 @@ def human(n: float) -> str:
     return units.human(n, decimals=2)
 
 
-def _exact(n: float) -> str:
+def _exact(n) -> str:
+    """All digits, exactly: an integer as it is (past 2^53 too), a fraction to one decimal."""
+    if isinstance(n, int):
+        return f"{n:,}"
     return f"{n:,.0f}" if float(n).is_integer() else f"{n:,.1f}"
 
 
@@ -101,31 +114,86 @@ def _table(header: List[str], rows: List[List[str]], right: bool = True) -> str:
     return "\n".join(lines)
 
 
+FLOP_CONVENTION = ("FLOPs are forward, per token: 2 per multiply-add in matmuls and convolutions (lookups, norms, "
+                   "activations, softmax count 0)")
+
+
+def _flop_footer(causal: bool, transformer: bool) -> str:
+    if not transformer:
+        return FLOP_CONVENTION.replace("per token", "per example") + "."
+    keys = "only the keys each query can see (--causal)" if causal else \
+        "all T keys per query, masks ignored, as a FLOP counter sees it (--causal: only visible keys)"
+    return f"{FLOP_CONVENTION}; attention over {keys}."
+
+
 # ---------------------------------------------------------------------------------------------
 # commands
 
 def _load(source: str, variant: Optional[str]):
-    """The spec for SOURCE, and a label for it."""
-    import os
-    from . import catalog, load
+    """The spec for SOURCE, a label for it, and the wrapper model_type it was read out of (or None)."""
+    from . import catalog, hf
     if variant is not None:
         e = catalog.entry(source)
-        return e.spec(variant), f"{e.title}, variant {variant!r}"
-    if source != "-" and not os.path.exists(source) and source.strip().lower() in catalog.names():
-        e = catalog.entry(source)
-        return e.spec(), f"{e.title}, catalog {e.name!r}"
+        return e.spec(variant), f"{e.title}, variant {variant!r}", None
     if source == "-":
-        from .hf import parse_json
-        return load(parse_json(sys.stdin.read(), "standard input")), "standard input"
-    return load(source), source
+        config, label = hf.parse_json(sys.stdin.read(), "standard input"), "standard input"
+    else:
+        config, label = hf.resolve(source)
+        key = source.strip().lower()
+        if label.startswith("catalog entry"):
+            label = f"{catalog.entry(key).title}, catalog {key!r}"
+    wrapper = hf.text_model(config)[1] if "whatruns" not in config else None
+    return hf.load(config), label, wrapper
+
+
+def _structure(spec) -> List[str]:
+    """The layers as read, one line per run of identical layers."""
+    from .spec import Transformer
+    if not isinstance(spec, Transformer):
+        return [f"{len(spec.tables)} embedding tables ({sum(t.rows for t in spec.tables):,} rows of {spec.dim}), "
+                f"bottom MLP {spec.bottom_mlp}, top MLP {spec.top_mlp}, {spec.interaction} interaction"]
+    lines = []
+    for name, stack in spec.stacks:
+        total = sum(r.repeat for r in stack)
+        period, times = _period(stack)
+        lines.append(f"{name}: {total} layers" + (f", {times} times the {sum(r.repeat for r in period)} below"
+                                                  if times > 1 else ""))
+        start = 0
+        for r in period:
+            span = f"{start}" if r.repeat == 1 else f"{start}-{start + r.repeat - 1}"
+            lines.append(f"  {span:>11}  {r.block.describe()}")
+            start += r.repeat
+    extras = [f"vocab {spec.vocab:,}", f"width {spec.width:,}", "tied embedding" if spec.tied else "untied head"]
+    if spec.positions:
+        extras.append(f"{spec.positions:,} learned positions")
+    if spec.relative_buckets:
+        extras.append(f"{spec.relative_buckets} relative-position buckets")
+    lines.append(", ".join(extras))
+    return lines
+
+
+def _period(stack):
+    """The shortest run pattern the stack repeats (``(runs, times)``; a stack that repeats nothing is
+    itself once), so that 24 alternating pairs print as two lines."""
+    n = len(stack)
+    for p in range(1, n // 2 + 1):
+        if n % p == 0 and all(stack[i] == stack[i % p] for i in range(n)):
+            return stack[:p], n // p
+    return stack, 1
 
 
 def _count(args) -> int:
-    from .count import count
-    spec, label = _load(args.source, args.variant)
-    c = count(spec, seq_len=args.seq_len)
+    from .count import active_params_as, count
+    from .spec import Transformer
+    spec, label, wrapper = _load(args.source, args.variant)
+    c = count(spec, seq_len=args.seq_len, causal=args.causal)
+    active = active_params_as(c, args.active_convention)
     if args.json:
-        d = {"source": label, **c.as_dict(), "active_fraction": c.active_fraction}
+        d = {"source": label, "text_model_of": wrapper, **c.as_dict(), "active_fraction": c.active_fraction,
+             "causal": args.causal, "active_convention": args.active_convention,
+             "active_params_as_convention": active}
+        if args.structure:
+            d["structure"] = _structure(spec)
         print(json.dumps(d, indent=2))
         return EXIT_OK
     rows = []
@@ -133,13 +201,20 @@ def _count(args) -> int:
         if part.params or part.active or part.flops:
             rows.append([name, _both(part.params), _both(part.active), _both(part.flops)])
     rows.append(["total", _both(c.total_params), _both(c.active_params), _both(c.flops_per_token)])
-    print(f"{label}; seq_len {c.seq_len}")
+    print(f"{label}; seq_len {c.seq_len}{', causal' if args.causal else ''}")
+    if wrapper is not None:
+        print(f"counted as its text model (the {wrapper!r} config's text_config); other towers are not counted")
+    if args.structure:
+        print("\n".join(_structure(spec)))
     print(_table(["component", "params", "active", "FLOPs/token"], rows))
     print()
     print(f"active fraction         {c.active_fraction:.2%}")
+    if args.active_convention != "one_row":
+        print(f"active, {args.active_convention:<15} {_both(active)}")
     print(f"embedding params        {_both(c.embedding_params)}  (token and position tables, untied LM head)")
     print(f"non-embedding params    {_both(c.non_embedding_params)}")
     print(f"training FLOPs/token    {_both(c.training_flops_per_token)}  (3 x forward)")
+    print(_flop_footer(args.causal, isinstance(spec, Transformer)))
     return EXIT_OK
 
 

@@ -37,14 +37,15 @@ has no field for it).
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
-from .spec import FFN, MoE, Attention, Norm, SpecError, Transformer, from_dict
+from .spec import BOUNDS, FFN, MoE, Attention, Norm, SpecError, Transformer, from_dict
 
-__all__ = ["load", "from_hf", "SUPPORTED"]
+__all__ = ["load", "resolve", "from_hf", "text_model", "SUPPORTED"]
 
 _REQUIRED = object()  # a size with no default: it must be in the config
 _ABSENT = object()
@@ -54,34 +55,57 @@ _ABSENT = object()
 # entry points
 
 def load(source):
-    """A spec from a catalog name, a path to a ``config.json`` (or a folder holding one),
-    or a config dict.
+    """A spec from a catalog name, a path to a ``config.json`` (or a folder holding one), a Hugging Face
+    Hub id (``"deepseek-ai/DeepSeek-V3"``, read through ``huggingface_hub`` and its cache: see
+    :mod:`whatruns.hub`), or a config dict. How a string is read: :func:`resolve`.
 
-    * a ``str`` that is not an existing path and does not end in ``.json`` is a catalog name
-      (:func:`whatruns.catalog.config`);
     * a dict with a ``"whatruns"`` key is the library's own format (:func:`whatruns.spec.from_dict`);
-    * a dict with a ``"model_type"`` key is a Hugging Face config (:func:`from_hf`).
+    * a dict with a ``"model_type"`` key is a Hugging Face config (:func:`from_hf`); a multimodal or
+      wrapper config is counted as its text model (:func:`text_model`).
     """
     if isinstance(source, dict):
         return _from_any_dict(source, "config")
     if isinstance(source, (str, os.PathLike)) and not isinstance(source, bytes):
-        text = os.fspath(source)
-        if isinstance(source, str) and not os.path.exists(text) and not text.endswith(".json"):
-            try:  # imported here: the catalog itself reads configs through this module
-                from .catalog import config as catalog_config
-            except ModuleNotFoundError as e:
-                if e.name != f"{__package__}.catalog":
-                    raise
-                raise SpecError(f"{text!r} is not a file, and there is no catalog to look it up in") from None
-            return _from_any_dict(catalog_config(text), f"catalog entry {text!r}")
-        return _from_any_dict(_read_json(Path(text)), text)
-    raise SpecError(f"cannot load a {type(source).__name__}: give a catalog name, a path to a config.json, or a dict")
+        config, where = resolve(os.fspath(source))
+        return _from_any_dict(config, where)
+    raise SpecError(f"cannot load a {type(source).__name__}: give a catalog name, a path to a config.json, "
+                    "a Hugging Face Hub id, or a dict")
 
 
-def _read_json(path: Path) -> dict:
+def resolve(source: str):
+    """The config dict a string names, and where it came from, tried in this order: an existing file or
+    folder; a catalog name (case-insensitive); a Hub id (``owner/name``); else an error -- "no such file"
+    for what looks like a path, "unknown catalog model" (with the closest names) for the rest."""
+    if os.path.exists(source):
+        return read_json(Path(source)), source
+    try:  # imported here: the catalog itself reads configs through this module
+        from . import catalog
+    except ModuleNotFoundError as e:  # pragma: no cover - the package always ships its catalog
+        if e.name != f"{__package__}.catalog":
+            raise
+        catalog = None
+    key = source.strip().lower()
+    if catalog is not None and key in catalog.names():
+        return catalog.config(key), f"catalog entry {key!r}"
+    from . import hub
+    if hub.looks_like_hub_id(source):
+        return read_json(Path(hub.config_path(source))), f"{source} (Hugging Face Hub)"
+    if source.endswith(".json") or os.sep in source or "/" in source or source.startswith(("~", ".")):
+        raise SpecError(f"{source}: no such file")
+    if catalog is None:  # pragma: no cover
+        raise SpecError(f"{source!r} is not a file, and there is no catalog to look it up in")
+    catalog.entry(source)  # raises: unknown catalog model, with the closest names
+    raise AssertionError(source)  # pragma: no cover
+
+
+def read_json(path: Path) -> dict:
+    """The JSON object in a file (or in a folder's ``config.json``), or a one-line :class:`SpecError`."""
     if path.is_dir():
         path = path / "config.json"
     try:
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise SpecError(f"{path}: {path.stat().st_size:,} bytes, too large for a config "
+                            f"(at most {MAX_CONFIG_BYTES:,})")
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SpecError(f"{path}: no such file") from None
@@ -90,12 +114,23 @@ def _read_json(path: Path) -> dict:
     return parse_json(text, str(path))
 
 
+MAX_CONFIG_BYTES = 16 * 2 ** 20
+"""The largest config file read (published configs are a few kB; layer lists of a deep model, tens)."""
+
+
 def parse_json(text: str, where: str) -> dict:
-    """The JSON object in ``text`` (read from ``where``), or a one-line :class:`SpecError`."""
+    """The JSON object in ``text`` (read from ``where``), or a one-line :class:`SpecError`: malformed JSON,
+    nesting too deep to parse, or a number too long to read are input errors like any other."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise SpecError(f"{where}: {len(text):,} characters, too large for a config (at most {MAX_CONFIG_BYTES:,})")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise SpecError(f"{where}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    except RecursionError:
+        raise SpecError(f"{where}: JSON nested too deeply to be a config") from None
+    except ValueError as e:  # e.g. an integer of more than 4,300 digits
+        raise SpecError(f"{where}: cannot read its JSON ({' '.join(str(e).split()[:12])})") from None
     if not isinstance(data, dict):
         raise SpecError(f"{where}: expected a JSON object, got {_json_type(data)}")
     return data
@@ -114,23 +149,72 @@ def _from_any_dict(d, where: str):
     return from_hf(d)
 
 
+def text_model(config: dict):
+    """``(text config, wrapper model_type)`` for a multimodal or wrapper config -- one whose
+    ``model_type`` is not a text model whatruns reads and that holds a ``text_config`` (Llama 4, Kimi K2.5,
+    Qwen3-VL, Qwen3.5, Gemma 3 and 4, LLaVA-style models) -- else ``(config, None)``. The text config
+    inherits the wrapper's ``_name_or_path``; a text config without a ``model_type`` gets its wrapper's
+    default text model type (:data:`WRAPPED_DEFAULT`)."""
+    mt = config.get("model_type")
+    inner = config.get("text_config")
+    if mt in SUPPORTED or not isinstance(mt, str) or "text_config" not in config:
+        return config, None
+    if not isinstance(inner, dict):
+        raise SpecError(f"{mt} config: text_config must be an object, got {_json_type(inner)}")
+    inner = dict(inner)
+    if "model_type" not in inner:
+        default = WRAPPED_DEFAULT.get(mt)
+        if default is None:
+            raise SpecError(f"{mt} config: its text_config has no model_type, and whatruns does not know "
+                            f"the text model of a {mt!r} wrapper")
+        inner["model_type"] = default
+    for key in ("_name_or_path", "name"):
+        if key in config and key not in inner:
+            inner[key] = config[key]
+    if "_name_or_path" not in inner and "name" not in inner:
+        inner["name"] = mt  # the model is named by its wrapper's type, as an unnamed config by its own
+    return inner, mt
+
+
 def from_hf(config: dict) -> Transformer:
     """A :class:`~whatruns.spec.Transformer` from a Hugging Face config dict (the contents of a
-    ``config.json``), for the model types in :data:`SUPPORTED`."""
+    ``config.json``), for the model types in :data:`SUPPORTED`; a wrapper config as its text model
+    (:func:`text_model`)."""
     if not isinstance(config, dict):
         raise SpecError(f"a Hugging Face config must be a JSON object, got {_json_type(config)}")
     mt = config.get("model_type", _ABSENT)
     supported = ", ".join(sorted(SUPPORTED))
     if mt is _ABSENT:
         raise SpecError(f"config has no model_type; supported model types: {supported}")
-    if not isinstance(mt, str) or mt not in SUPPORTED:
-        raise SpecError(f"unknown model_type {mt!r}; supported model types: {supported}")
-    reader = SUPPORTED[mt]
+    if not isinstance(mt, str):
+        raise SpecError(f"model_type must be a string, got {_json_type(mt)}")
+    text, wrapper = text_model(config)
+    inner = text.get("model_type")
+    if inner not in SUPPORTED:
+        hint = _did_you_mean(inner)
+        if wrapper is not None:
+            raise SpecError(f"{wrapper} config: its text model has model_type {inner!r}, which whatruns does not "
+                            f"read{hint}; supported model types: {supported}")
+        raise SpecError(f"unknown model_type {inner!r}{hint}; supported model types: {supported}")
     try:
-        return reader(config)
+        return SUPPORTED[inner](text)
     except SpecError as e:
-        msg = str(e)
-        raise SpecError(msg if msg.startswith(f"{mt} config") else f"{mt} config: {msg}") from None
+        msg, owner = str(e), f"{inner} config"
+        if wrapper is not None:
+            msg = f"{wrapper} config: text_config: {msg[len(owner) + 2:] if msg.startswith(owner) else msg}"
+        elif not msg.startswith(owner):
+            msg = f"{owner}: {msg}"
+        raise SpecError(msg) from None
+
+
+def _did_you_mean(model_type) -> str:
+    if not isinstance(model_type, str):
+        return ""
+    lower = model_type.strip().lower().replace("-", "_")
+    if lower in SUPPORTED:
+        return f" (did you mean {lower!r}? model types are lower case)"
+    close = difflib.get_close_matches(lower, list(SUPPORTED), n=2, cutoff=0.75)
+    return f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,9 +255,13 @@ class _Config:
         if v is None and none:
             return None
         if isinstance(v, bool) or not isinstance(v, int):
-            raise self.error(f"{key} must be an integer, got {v!r}")
+            raise self.error(f"{key} must be an integer, got {_short_repr(v)}")
         if v < 0 or (v == 0 and not zero_ok):
-            raise self.error(f"{key} must be {'non-negative' if zero_ok else 'positive'}, got {v}")
+            raise self.error(f"{key} must be {'non-negative' if zero_ok else 'positive'}, got {_short_repr(v)}")
+        kind = _bound_kind(key)
+        if v > BOUNDS[kind]:
+            raise self.error(f"{key} {_short_repr(v)} is beyond the bound {BOUNDS[kind]:,} for "
+                             f"{'a width or size' if kind == 'width' else kind}: no model is that large")
         return v
 
     def flag(self, key: str, default: bool) -> bool:
@@ -196,6 +284,27 @@ class _Config:
             if isinstance(v, str) and v:
                 return v
         return model_type
+
+
+def _bound_kind(key: str) -> str:
+    """Which of :data:`whatruns.spec.BOUNDS` bounds a config field, from its name."""
+    k = key.lower()
+    if "layer" in k:
+        return "layers"
+    if "vocab" in k:
+        return "vocab"
+    if ("expert" in k and ("num" in k or k.startswith("n_") or "per_tok" in k)) or "top_k" in k:
+        return "experts"
+    if "head" in k and "dim" not in k and "size" not in k:
+        return "heads"
+    if any(w in k for w in ("position", "window", "chunk", "bucket")):
+        return "positions"
+    return "width"
+
+
+def _short_repr(v) -> str:
+    text = repr(v)
+    return text if len(text) <= 40 else f"{text[:12]}... ({len(text)} characters)"
 
 
 _ACTIVATIONS = {  # transformers' ACT2FN name -> whatruns'
@@ -534,24 +643,14 @@ def _gpt_oss(d: dict) -> Transformer:
 
 
 def _llama4(d: dict) -> Transformer:
-    """Llama 4 (the composite ``llama4`` config: its ``text_config``; or ``llama4_text``).
+    """Llama 4's text model (``llama4_text``; the composite ``llama4`` config is read as its ``text_config``).
 
     MoE layers are ``moe_layers`` if given, else every ``interleave_moe_layer_step``-th layer
     (step - 1, 2·step - 1, ...). A MoE layer has routed experts of ``intermediate_size`` plus one
     shared expert of the same width, routed by top-k of the logits then a sigmoid (no
     renormalisation); dense layers have an FFN of ``intermediate_size_mlp``. The QK-norm is an L2
     norm without weights, so it adds no parameters. The vision tower is not counted."""
-    name = None
-    if d.get("model_type") == "llama4":
-        name = _Config(d, "llama4 config").name("llama4")
-        text = d.get("text_config")
-        if not isinstance(text, dict):
-            raise SpecError(f"llama4 config: text_config must be an object, got {_json_type(text)}")
-        d = text
-        where = "llama4 config: text_config"
-    else:
-        where = "llama4_text config"
-    c = _Config(d, where)
+    c = _Config(d, "llama4_text config")
     D, H, L = c.size("hidden_size"), c.size("num_attention_heads"), c.size("num_hidden_layers")
     listed = c.int_list("moe_layers", None)
     if listed is None:
@@ -574,7 +673,7 @@ def _llama4(d: dict) -> Transformer:
                             head_dim=_head_dim(c, D, H, 128, nullable=False),
                             bias=bias, out_bias=bias),
         ffn=ffn, moe=moe, moe_layers=moe_layers, tied=c.flag("tie_word_embeddings", False),
-        name=name or c.name("llama4_text"))
+        name=c.name("llama4_text"))
 
 
 def _switch_sparse(layers: int, step) -> tuple:
@@ -626,6 +725,9 @@ def _switch(d: dict) -> Transformer:
         encoder_layers=enc, encoder_moe_layers=enc_moe, name=c.name("switch_transformers"))
 
 
+WRAPPED_DEFAULT = {"llama4": "llama4_text"}
+"""The text model type of a wrapper whose ``text_config`` does not name one (as its config class defaults)."""
+
 SUPPORTED: Dict[str, Callable[[dict], Transformer]] = {
     "gpt2": _gpt2,
     "llama": lambda d: _llama_like(d, "llama"),
@@ -639,7 +741,6 @@ SUPPORTED: Dict[str, Callable[[dict], Transformer]] = {
     "deepseek_v3": lambda d: _deepseek(d, "deepseek_v3"),
     "dbrx": _dbrx,
     "gpt_oss": _gpt_oss,
-    "llama4": _llama4,
     "llama4_text": _llama4,
     "switch_transformers": _switch,
 }

@@ -70,7 +70,7 @@ def activate(name: str, gate: torch.Tensor, up: torch.Tensor = None) -> torch.Te
         gate = gate.clamp(max=7.0)
         h = gate * torch.sigmoid(1.702 * gate)
         return h if up is None else h * (up.clamp(-7.0, 7.0) + 1)
-    h = {"silu": F.silu, "relu": F.relu, "gelu": F.gelu,
+    h = {"silu": F.silu, "relu": F.relu, "gelu": F.gelu, "relu2": lambda x: F.relu(x).square(),
          "gelu_tanh": lambda x: F.gelu(x, approximate="tanh")}[name](gate)
     return h if up is None else h * up
 

@@ -4,11 +4,11 @@ PF_DAY = 1e15 * 86400  # FLOPs in one petaflop/s-day: 8.64e19 (GPT-3, Table D.1)
 
 
 def human(n: float, digits: int = 3, decimals: int = None) -> str:
-    """A count in readable units: 46702792704 -> '46.7B', 1.2e12 -> '1.2T', 5130 -> '5.13k'
-    (``digits`` significant figures); with ``decimals``, a fixed number of decimals instead:
+    """A count in readable units, up to P (1e15) and E (1e18): 46702792704 -> '46.7B', 1.2e12 -> '1.2T',
+    5130 -> '5.13k' (``digits`` significant figures); with ``decimals``, a fixed number of decimals instead:
     ``human(46702792704, decimals=2)`` -> '46.70B' (the CLI's tables)."""
     fmt = f".{decimals}f" if decimals is not None else f".{digits}g"
-    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
+    for unit, scale in (("E", 1e18), ("P", 1e15), ("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(n) >= scale:
             return f"{n / scale:{fmt}}{unit}"
     if decimals is not None and float(n).is_integer():
