@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from transformers import CONFIG_MAPPING, AutoModelForCausalLM
 
 from whatruns import count, load
-from whatruns.hf import SUPPORTED, from_hf
+from whatruns.hf import SUPPORTED, WRAPPERS, from_hf, text_model
 from whatruns.spec import SpecError, Transformer, from_dict, to_dict
 
 transformers.logging.set_verbosity_error()
@@ -95,7 +95,8 @@ def check(cfg: dict) -> Transformer:
 # full-size published configs
 
 def test_every_model_type_has_a_published_config():
-    types = {json.loads(p.read_text())["model_type"] for p in CONFIG_FILES}
+    """Every model type whatruns reads has a stored published config (its own, or as a wrapper's text model)."""
+    types = {text_model(json.loads(p.read_text()))[0]["model_type"] for p in CONFIG_FILES}
     assert types == set(SUPPORTED)
 
 
@@ -175,7 +176,7 @@ def test_catalog_config(name, variant):
 
 
 # ---------------------------------------------------------------------------------------------
-# small random configs, one strategy per model type
+# small random configs, one generator per model type
 
 SIZE = st.integers(1, 6)
 # a head's width: transformers refuses a rotary head_dim that is odd and above 4 (RoPE rotates pairs)
@@ -388,7 +389,7 @@ def switch_configs(draw):
     return d
 
 
-STRATEGIES = {
+GENERATORS = {
     "gpt2": gpt2_configs(),
     "llama": llama_like_configs("llama"),
     "mistral": llama_like_configs("mistral"),
@@ -407,14 +408,15 @@ STRATEGIES = {
 }
 
 
-def test_a_strategy_per_model_type():
-    assert set(STRATEGIES) == set(SUPPORTED)
+def test_a_generator_per_model_type():
+    """Random configs of every model type whatruns reads, and of every wrapper it knows."""
+    assert set(GENERATORS) == set(SUPPORTED) | set(WRAPPERS)
 
 
-@pytest.mark.parametrize("model_type", sorted(STRATEGIES))
+@pytest.mark.parametrize("model_type", sorted(GENERATORS))
 def test_random_configs_count_what_transformers_builds(model_type):
     @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-    @given(STRATEGIES[model_type])
+    @given(GENERATORS[model_type])
     def run(cfg):
         spec = check(cfg)
         assert count(from_dict(to_dict(spec))) == count(spec)  # the library's own format round-trips
@@ -430,11 +432,11 @@ JSON_VALUES = (st.none() | st.booleans() | st.integers(-3, 9) | st.sampled_from(
                | st.just({}) | st.just({"name": "relu"}))
 
 
-@pytest.mark.parametrize("model_type", sorted(STRATEGIES))
+@pytest.mark.parametrize("model_type", sorted(GENERATORS))
 def test_corrupted_configs_load_exactly_or_fail_in_one_line(model_type):
     @settings(max_examples=10, deadline=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
-    @given(STRATEGIES[model_type], st.data())
+    @given(GENERATORS[model_type], st.data())
     def run(cfg, data):
         target = cfg["text_config"] if model_type == "llama4" else cfg
         if model_type == "dbrx" and data.draw(st.booleans()):

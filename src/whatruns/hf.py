@@ -40,10 +40,11 @@ from __future__ import annotations
 import difflib
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
-from .spec import BOUNDS, FFN, MoE, Attention, Norm, SpecError, Transformer, from_dict
+from .spec import BOUNDS, FFN, MoE, Attention, Norm, SpecError, Storage, Transformer, from_dict
 
 __all__ = ["load", "resolve", "from_hf", "text_model", "SUPPORTED"]
 
@@ -154,7 +155,7 @@ def text_model(config: dict):
     ``model_type`` is not a text model whatruns reads and that holds a ``text_config`` (Llama 4, Kimi K2.5,
     Qwen3-VL, Qwen3.5, Gemma 3 and 4, LLaVA-style models) -- else ``(config, None)``. The text config
     inherits the wrapper's ``_name_or_path``; a text config without a ``model_type`` gets its wrapper's
-    default text model type (:data:`WRAPPED_DEFAULT`)."""
+    default text model type (:data:`WRAPPERS`)."""
     mt = config.get("model_type")
     inner = config.get("text_config")
     if mt in SUPPORTED or not isinstance(mt, str) or "text_config" not in config:
@@ -163,7 +164,7 @@ def text_model(config: dict):
         raise SpecError(f"{mt} config: text_config must be an object, got {_json_type(inner)}")
     inner = dict(inner)
     if "model_type" not in inner:
-        default = WRAPPED_DEFAULT.get(mt)
+        default = WRAPPERS.get(mt)
         if default is None:
             raise SpecError(f"{mt} config: its text_config has no model_type, and whatruns does not know "
                             f"the text model of a {mt!r} wrapper")
@@ -187,7 +188,7 @@ def from_hf(config: dict) -> Transformer:
     if mt is _ABSENT:
         raise SpecError(f"config has no model_type; supported model types: {supported}")
     if not isinstance(mt, str):
-        raise SpecError(f"model_type must be a string, got {_json_type(mt)}")
+        raise SpecError(f"unknown model_type {mt!r}; supported model types: {supported}")
     text, wrapper = text_model(config)
     inner = text.get("model_type")
     if inner not in SUPPORTED:
@@ -197,7 +198,8 @@ def from_hf(config: dict) -> Transformer:
                             f"read{hint}; supported model types: {supported}")
         raise SpecError(f"unknown model_type {inner!r}{hint}; supported model types: {supported}")
     try:
-        return SUPPORTED[inner](text)
+        spec = SUPPORTED[inner](text)
+        return replace(spec, storage=storage(config))
     except SpecError as e:
         msg, owner = str(e), f"{inner} config"
         if wrapper is not None:
@@ -205,6 +207,28 @@ def from_hf(config: dict) -> Transformer:
         elif not msg.startswith(owner):
             msg = f"{owner}: {msg}"
         raise SpecError(msg) from None
+
+
+_DTYPE_NAMES = {"float32": "float32", "float": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+                "float16": "float16", "half": "float16", "fp16": "float16"}
+
+
+def storage(config: dict) -> Storage:
+    """How the config says its checkpoint stores the weights: ``torch_dtype`` (or ``dtype``, the name
+    transformers 5 writes) and ``quantization_config``, as they are (a wrapper's or, failing that, its
+    text_config's). Read for serving bytes only: a value this does not understand is kept for
+    :func:`whatruns.serve.weight_bytes` to refuse, never an error when counting."""
+    dtype = None
+    for d in (config, config.get("text_config") if isinstance(config.get("text_config"), dict) else {}):
+        for key in ("torch_dtype", "dtype"):
+            if isinstance(d.get(key), str) and dtype is None:
+                dtype = _DTYPE_NAMES.get(d[key])
+    q = config.get("quantization_config")
+    if q is None and isinstance(config.get("text_config"), dict):
+        q = config["text_config"].get("quantization_config")
+    if q is not None and not isinstance(q, dict):
+        q = {"quant_method": repr(q)}  # kept, so that serving bytes can refuse it by name
+    return Storage.of(dtype, q)
 
 
 def _did_you_mean(model_type) -> str:
@@ -725,8 +749,9 @@ def _switch(d: dict) -> Transformer:
         encoder_layers=enc, encoder_moe_layers=enc_moe, name=c.name("switch_transformers"))
 
 
-WRAPPED_DEFAULT = {"llama4": "llama4_text"}
-"""The text model type of a wrapper whose ``text_config`` does not name one (as its config class defaults)."""
+WRAPPERS = {"llama4": "llama4_text"}
+"""Wrapper (multimodal) model types whatruns knows, each with the text model type its config class gives a
+``text_config`` that names none. A wrapper not listed is read too when its ``text_config`` names its type."""
 
 SUPPORTED: Dict[str, Callable[[dict], Transformer]] = {
     "gpt2": _gpt2,

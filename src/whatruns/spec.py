@@ -131,6 +131,37 @@ class Norm(_Part):
         return width * (2 if self.bias else 1)
 
 
+DTYPES = ("float32", "bfloat16", "float16", "float8_e4m3fn", "float8_e5m2")
+
+
+@dataclass(frozen=True)
+class Storage(_Part):
+    """How a checkpoint stores the weights: ``dtype``, the type of the tensors it does not quantize
+    (``torch_dtype`` / ``dtype`` of a config; ``None`` when the config does not say), and
+    ``quantization``, its ``quantization_config`` as canonical JSON text ("" for none). Counting ignores
+    it; :func:`whatruns.serve.weight_bytes` reads it (and refuses schemes it does not know)."""
+
+    dtype: Optional[str] = None
+    quantization: str = ""
+
+    def __post_init__(self):
+        if self.dtype is not None:
+            _choice("Storage", "dtype", self.dtype, DTYPES)
+        if not isinstance(self.quantization, str):
+            raise SpecError("Storage: quantization must be JSON text")
+
+    @classmethod
+    def of(cls, dtype: Optional[str] = None, quantization: Optional[dict] = None) -> "Storage":
+        """A Storage from a dtype name and a quantization_config dict (or None)."""
+        import json
+        return cls(dtype, json.dumps(quantization, sort_keys=True) if quantization else "")
+
+    @property
+    def quantization_config(self) -> Optional[dict]:
+        import json
+        return json.loads(self.quantization) if self.quantization else None
+
+
 # ---------------------------------------------------------------------------------------------
 # mixers: what moves information between positions
 
@@ -559,6 +590,7 @@ class Transformer(_Part):
     final_norm: bool  # a norm after each stack's last layer (all but BERT)
     head_transform: bool  # BERT's LM head: a D x D dense layer with bias, activation and norm first
     head_bias: bool  # a bias of V on the LM head
+    storage: Storage  # how its checkpoint stores the weights (serving bytes, not counts)
     name: str
 
     def __init__(self, vocab: int, width: int, layers: Optional[int] = None, attention: Optional[Attention] = None,
@@ -566,7 +598,8 @@ class Transformer(_Part):
                  blocks=None, encoder=None, norm: Norm = None, tied: bool = False, positions: int = 0,
                  relative_buckets: int = 0, encoder_layers: int = 0, encoder_moe_layers=(),
                  sliding_window: int = 0, sliding_layers=(), token_types: int = 0, embedding_norm: bool = False,
-                 final_norm: bool = True, head_transform: bool = False, head_bias: bool = False, name: str = ""):
+                 final_norm: bool = True, head_transform: bool = False, head_bias: bool = False,
+                 storage: Storage = None, name: str = ""):
         o = f"Transformer {name!r}" if name else "Transformer"
         shorthand = layers is not None or attention is not None or ffn is not None or moe is not None
         if blocks is not None:
@@ -602,7 +635,8 @@ class Transformer(_Part):
         values = dict(vocab=vocab, width=width, blocks=blocks, encoder=encoder,
                       norm=Norm() if norm is None else norm, tied=tied, positions=positions,
                       relative_buckets=relative_buckets, token_types=token_types, embedding_norm=embedding_norm,
-                      final_norm=final_norm, head_transform=head_transform, head_bias=head_bias, name=name)
+                      final_norm=final_norm, head_transform=head_transform, head_bias=head_bias,
+                      storage=Storage() if storage is None else storage, name=name)
         for k, v in values.items():
             object.__setattr__(self, k, v)
         self._validate()
@@ -617,6 +651,8 @@ class Transformer(_Part):
             _flag(o, name, getattr(self, name))
         if not isinstance(self.norm, Norm):
             raise SpecError(f"{o}: norm must be a Norm")
+        if not isinstance(self.storage, Storage):
+            raise SpecError(f"{o}: storage must be a Storage")
         if not isinstance(self.name, str):
             raise SpecError(f"{o}: name must be a string")
         if not self.blocks and not self.encoder:
@@ -931,9 +967,9 @@ _KINDS = {"transformer": Transformer, "embedding_model": EmbeddingModel}
 _MIXER_KINDS = {c.kind: c for c in MIXERS}
 _FFN_KINDS = {c.kind: c for c in FFNS}
 _NESTED = {"attention": Attention, "ffn": FFN, "moe": MoE, "norm": Norm, "expert": FFN, "shared": FFN,
-           "indexer": Indexer, "cross": Attention, "block": Block}
+           "indexer": Indexer, "cross": Attention, "block": Block, "storage": Storage}
 _PARTS = (Transformer, EmbeddingModel, Attention, LinearAttention, Mamba2, Indexer, FFN, MoE, Norm, Table,
-          Block, Run)
+          Block, Run, Storage)
 
 
 def to_dict(spec: Spec) -> dict:
