@@ -170,6 +170,8 @@ def indexer_params(D: int, a: Attention) -> int:
     """Parameters of a DeepSeek Sparse Attention indexer: its queries from the query latent
     (q_lora_rank x Hi*di), one key (D x di) with a LayerNorm (weight and bias), a weight per head (D x Hi)."""
     i = a.indexer
+    if i.shared:  # reads the keys another layer's indexer picked
+        return 0
     return (linear_params(a.q_lora_rank, i.heads * i.head_dim) + linear_params(D, i.head_dim) + 2 * i.head_dim
             + linear_params(D, i.heads))
 
@@ -186,7 +188,7 @@ def attention_projection_flops(D: int, a: Attention) -> int:
         n = q + kv + 2 * H * dv * D
     else:
         n = 2 * D * (q_out + K * dh + K * dv) + 2 * H * dv * D
-    if a.indexer is not None:
+    if a.indexer is not None and not a.indexer.shared:
         i = a.indexer
         n += 2 * (a.q_lora_rank * i.heads * i.head_dim + D * i.head_dim + D * i.heads)
     return n
@@ -235,7 +237,7 @@ def attention_flops(D: int, a: Attention, T: int, causal: bool = False) -> float
     """Forward FLOPs per token of one attention layer in a sequence of T tokens: projections, scores and
     values over :func:`attention_keys` keys, and an indexer's scores over every visible key."""
     n = attention_projection_flops(D, a) + attention_score_flops(a, attention_keys(a, T, causal))
-    if a.indexer is not None:
+    if a.indexer is not None and not a.indexer.shared:
         n += indexer_score_flops(a, mean_keys(T, causal))
     return n
 

@@ -44,7 +44,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
-from .spec import BOUNDS, FFN, MoE, Attention, Norm, SpecError, Storage, Transformer, from_dict
+from .spec import (BOUNDS, FFN, MoE, Attention, Block, Indexer, LinearAttention, Mamba2, Norm, SpecError, Storage,
+                   Transformer, from_dict)
 
 __all__ = ["load", "resolve", "from_hf", "text_model", "SUPPORTED"]
 
@@ -547,54 +548,200 @@ def _qwen_moe(d: dict, model_type: str) -> Transformer:
                        sliding_window=sw, sliding_layers=sl, name=c.name(model_type))
 
 
-def _deepseek(d: dict, model_type: str) -> Transformer:
-    """DeepSeek-V2 / V3 (and Kimi K2, which ships a ``deepseek_v3`` config): multi-head latent
-    attention, the first ``first_k_dense_replace`` layers dense, the rest MoE with
-    ``n_shared_experts`` shared experts fused into one FFN.
+_DSA = {  # DeepSeek Sparse Attention families: their config classes' defaults
+    "deepseek_v32": dict(vocab=129280, D=7168, F=18432, Fm=2048, L=61, H=128, kv=128, E=256, q_lora=1536,
+                         nope=128, v=128, index_heads=64),
+    "glm_moe_dsa": dict(vocab=154880, D=6144, F=12288, Fm=2048, L=78, H=64, kv=64, E=256, q_lora=2048,
+                        nope=192, v=256, index_heads=32),
+}
 
-    V2 routes by softmax then top-k (``norm_topk_prob`` is not read by its modeling code);
-    V3 by sigmoid scores plus a per-expert correction bias (``e_score_correction_bias``, a buffer
-    in ``transformers``, so no parameter), top-k, renormalised. V2's ``attention_bias`` and
-    ``mlp_bias`` put biases on the q/kv down-projections and the output projection, and on the dense
-    and shared FFNs; V3 reads only ``attention_bias``. ``q_lora_rank: null`` means no query
-    compression. The multi-token-prediction layers of V3 are not instantiated, so not counted.
+
+def _deepseek(d: dict, model_type: str) -> Transformer:
+    """DeepSeek-V2 / V3 / V3.2, GLM-5 (``glm_moe_dsa``) and Kimi K2: multi-head latent attention, dense FFNs
+    on the first layers, the rest MoE with ``n_shared_experts`` shared experts fused into one FFN.
+
+    V2 routes by softmax then top-k (``norm_topk_prob`` is not read by its modeling code); the others by
+    sigmoid scores plus a per-expert correction bias (``e_score_correction_bias``, a buffer in ``transformers``,
+    so no parameter), top-k, renormalised. V2's ``attention_bias`` and ``mlp_bias`` put biases on the q/kv
+    down-projections and the output projection, and on the dense and shared FFNs; the others read only
+    ``attention_bias``. V2/V3: ``q_lora_rank: null`` means no query compression; V3.2 and GLM-5 always
+    compress (null is refused). Dense layers: V2/V3 the first ``first_k_dense_replace``; V3.2 and GLM-5 the
+    ``"dense"`` entries of ``mlp_layer_types`` when given. Multi-token-prediction layers are not instantiated.
+
+    V3.2 and GLM-5 add DeepSeek Sparse Attention to every layer: a lightning indexer of ``index_n_heads``
+    heads of ``index_head_dim`` picks ``index_topk`` keys per query. GLM-5.2's ``"shared"`` layers
+    (``indexer_types``, or derived from ``index_topk_pattern`` / ``index_topk_freq`` and
+    ``index_skip_topk_offset``) have no indexer and reuse the previous one's keys.
+
+    Kimi K2 publishes ``model_type: "kimi_k2"`` with an ``auto_map`` to its own copy of the DeepSeek-V3
+    code: it is read as ``deepseek_v3`` (as transformers itself does inside Kimi K2.5); nothing is imported.
     """
-    v3 = model_type == "deepseek_v3"
-    aliases = {"n_routed_experts": "num_local_experts" if v3 else "num_experts"}
-    c = _Config(d, f"{model_type} config", aliases)
+    v2 = model_type == "deepseek_v2"
+    dsa = _DSA.get(model_type)
+    label = model_type
+    if model_type == "kimi_k2":
+        model_type = "deepseek_v3"
+    aliases = {"n_routed_experts": "num_experts" if v2 else "num_local_experts"}
+    c = _Config(d, f"{label} config", aliases)
     D, H, L = c.size("hidden_size"), c.size("num_attention_heads"), c.size("num_hidden_layers")
-    if not v3:
+    if v2:
         _derived_head_dim(c, D, H)  # DeepseekV2Config.validate_architecture
-    kv = c.raw("num_key_value_heads", 128 if v3 else None)
+    kv = c.raw("num_key_value_heads", None if v2 else (dsa or {}).get("kv", 128))
     if kv is not None and c.size("num_key_value_heads", kv) != H:
         raise c.error(f"num_key_value_heads ({kv}) must equal num_attention_heads ({H}): "
                       "MLA has one key/value head per query head")
-    q_lora = c.size("q_lora_rank", 1536, none=True)
-    rope, nope = c.size("qk_rope_head_dim", 64), c.size("qk_nope_head_dim", 128)
+    if dsa:
+        q_lora = c.size("q_lora_rank", dsa["q_lora"])
+    else:
+        q_lora = c.size("q_lora_rank", 1536, none=True)
+    rope, nope = c.size("qk_rope_head_dim", 64), c.size("qk_nope_head_dim", dsa["nope"] if dsa else 128)
     attn_bias = c.flag("attention_bias", False)
-    mlp_bias = False if v3 else c.flag("mlp_bias", False)
-    attn = Attention(heads=H, kv_heads=H, head_dim=nope + rope, v_head_dim=c.size("v_head_dim", 128),
+    mlp_bias = c.flag("mlp_bias", False) if v2 else False
+    indexer = None
+    if dsa:
+        indexer = Indexer(c.size("index_n_heads", dsa["index_heads"]), c.size("index_head_dim", 128),
+                          c.size("index_topk", 2048))
+    attn = Attention(heads=H, kv_heads=H, head_dim=nope + rope, v_head_dim=c.size("v_head_dim", dsa["v"] if dsa else 128),
                      bias=attn_bias, out_bias=attn_bias, q_lora_rank=q_lora or 0,
-                     kv_lora_rank=c.size("kv_lora_rank", 512), rope_head_dim=rope)
-    first_dense = c.size("first_k_dense_replace", 3 if v3 else 0, zero_ok=True)
-    moe_layers = tuple(range(first_dense, L))
+                     kv_lora_rank=c.size("kv_lora_rank", 512), rope_head_dim=rope, indexer=indexer)
+    first_dense = c.size("first_k_dense_replace", 0 if v2 else 3, zero_ok=True)
+    dense = [i < first_dense for i in range(L)]
+    if dsa:
+        dense = [not s for s in _mlp_layer_types(c, L, [not x for x in dense])]
     act = _activation(c, "hidden_act", "silu")
     moe = None
-    if moe_layers:
-        E = c.size("n_routed_experts")
-        k = _top_k(c, "num_experts_per_tok", E, 8 if v3 else _REQUIRED, "n_routed_experts")
+    if not all(dense):
+        num_experts = c.raw("num_experts", None) if not v2 else None
+        E = c.size("num_experts") if num_experts is not None else c.size("n_routed_experts")
+        k = _top_k(c, "num_experts_per_tok", E, _REQUIRED if v2 else 8, "n_routed_experts")
         F = c.size("moe_intermediate_size")
-        S = c.size("n_shared_experts", 1 if v3 else 2, zero_ok=True)
+        S = c.size("n_shared_experts", 2 if v2 else 1, zero_ok=True)
         if S == 0 and mlp_bias:
             raise c.error("n_shared_experts 0 with mlp_bias builds a shared FFN of width 0 that still has "
                           "an output bias; whatruns does not model that")
         shared = FFN(F * S, bias=mlp_bias, activation=act) if S else None
         moe = MoE(experts=E, top_k=k, expert=FFN(F, activation=act), shared=shared, shared_experts=S,
-                  router="sigmoid_topk" if v3 else "softmax_topk", score_bias=v3, score_bias_buffer=v3)
-    ffn = FFN(c.size("intermediate_size"), bias=mlp_bias, activation=act) if first_dense else None
-    return Transformer(vocab=c.size("vocab_size"), width=D, layers=L, attention=attn, ffn=ffn, moe=moe,
-                       moe_layers=moe_layers, tied=c.flag("tie_word_embeddings", False),
+                  router="softmax_topk" if v2 else "sigmoid_topk", score_bias=not v2, score_bias_buffer=not v2)
+    ffn = FFN(c.size("intermediate_size"), bias=mlp_bias, activation=act) if any(dense) else None
+    shared_idx = _shared_indexers(c, L) if model_type == "glm_moe_dsa" else [False] * L
+    blocks = [Block(attn.with_(indexer=indexer.with_(shared=True)) if shared_idx[i] else attn,
+                    ffn if dense[i] else moe) for i in range(L)]
+    return Transformer(vocab=c.size("vocab_size"), width=D, blocks=blocks, tied=c.flag("tie_word_embeddings", False),
+                       name=c.name(label))
+
+
+def _shared_indexers(c: _Config, L: int) -> List[bool]:
+    """GLM-5: which layers reuse the previous layer's indexer (``"shared"``), as GlmMoeDsaConfig derives it:
+    ``indexer_types``; else ``index_topk_pattern`` (a string of F/S, or a list); else layer i runs its own
+    indexer when max(i - offset + 1, 0) is a multiple of ``index_topk_freq``."""
+    types = c.raw("indexer_types", None)
+    if types is None:
+        pattern = c.raw("index_topk_pattern", None)
+        if isinstance(pattern, str):
+            if any(ch not in "FS" for ch in pattern):
+                raise c.error(f"index_topk_pattern must be letters F and S, got {_short_repr(pattern)}")
+            types = ["full" if ch == "F" else "shared" for ch in pattern]
+        elif pattern is not None:
+            types = pattern
+        else:
+            raw_freq = c.raw("index_topk_freq", 1)
+            freq = max(raw_freq, 1) if isinstance(raw_freq, int) and not isinstance(raw_freq, bool) else None
+            offset = c.raw("index_skip_topk_offset", 2)
+            if freq is None or isinstance(offset, bool) or not isinstance(offset, int):
+                raise c.error("index_topk_freq and index_skip_topk_offset must be integers")
+            types = ["full" if max(i - offset + 1, 0) % freq == 0 else "shared" for i in range(L)]
+    if not isinstance(types, list) or len(types) != L or not all(isinstance(t, str) for t in types):
+        raise c.error(f"indexer_types must be a list of {L} strings, got {_short_repr(types)}")
+    if types and types[0] == "shared":
+        raise c.error("indexer_types: the first layer cannot be 'shared' (there is no indexer before it)")
+    return [t == "shared" for t in types]
+
+
+def _qwen3_next(d: dict, model_type: str = "qwen3_next") -> Transformer:
+    """Qwen3-Next: a hybrid of gated DeltaNet layers (``linear_attention``) and gated full attention
+    (``full_attention``: the query projection twice as wide, its second half a sigmoid gate on the output;
+    QK-norm per head; head_dim default 256), by ``layer_types`` or, absent, every ``full_attention_interval``-th
+    layer (default 4) full. FFNs as Qwen2-MoE: layer i is MoE when ``num_experts > 0``, (i + 1) is a multiple of
+    ``decoder_sparse_step`` and i is not in ``mlp_only_layers``; a shared expert with a sigmoid gate; softmax
+    router, renormalised if ``norm_topk_prob`` (default true). Another attention type in ``layer_types`` builds
+    no mixer at all (as transformers does)."""
+    c = _Config(d, f"{model_type} config")
+    D, H, L = c.size("hidden_size"), c.size("num_attention_heads"), c.size("num_hidden_layers")
+    bias = c.flag("attention_bias", False)
+    kv = c.size("num_key_value_heads", 2)
+    if H % kv:
+        raise c.error(f"num_attention_heads ({H}) must be a multiple of num_key_value_heads ({kv})")
+    attn = Attention(heads=H, kv_heads=kv, head_dim=c.size("head_dim", 256), bias=bias, out_bias=bias,
+                     qk_norm="head", gate=True)
+    Hk, Hv = c.size("linear_num_key_heads", 16), c.size("linear_num_value_heads", 32)
+    if Hv % Hk:
+        raise c.error(f"linear_num_value_heads ({Hv}) must be a multiple of linear_num_key_heads ({Hk})")
+    linear = LinearAttention(heads=Hv, key_heads=Hk, key_dim=c.size("linear_key_head_dim", 128),
+                             value_dim=c.size("linear_value_head_dim", 128), conv=c.size("linear_conv_kernel_dim", 4))
+    interval = c.size("full_attention_interval", 4)
+    types = _layer_types(c, L, ["linear_attention" if (i + 1) % interval else "full_attention" for i in range(L)])
+    mixers = [linear if t == "linear_attention" else attn if t == "full_attention" else None for t in types]
+    E = c.size("num_experts", zero_ok=True)
+    step = c.size("decoder_sparse_step", 1)
+    only = set(c.int_list("mlp_only_layers", None) or [])
+    is_moe = [E > 0 and i not in only and (i + 1) % step == 0 for i in range(L)]
+    act = _activation(c, "hidden_act", "silu")
+    moe = None
+    if any(is_moe):
+        router = "topk_softmax" if c.flag("norm_topk_prob", True) else "softmax_topk"
+        moe = MoE(experts=E, top_k=_top_k(c, "num_experts_per_tok", E, 10), router=router,
+                  expert=FFN(c.size("moe_intermediate_size"), activation=act),
+                  shared=FFN(c.size("shared_expert_intermediate_size"), activation=act), shared_experts=1,
+                  shared_gate=True)
+    ffn = FFN(c.size("intermediate_size"), activation=act) if not all(is_moe) else None
+    blocks = [Block(mixers[i], moe if is_moe[i] else ffn) for i in range(L)]
+    return Transformer(vocab=c.size("vocab_size"), width=D, blocks=blocks, tied=c.flag("tie_word_embeddings", False),
                        name=c.name(model_type))
+
+
+def _mlp_layer_types(c: _Config, L: int, default: List[bool]) -> List[bool]:
+    """Which layers are MoE, from ``mlp_layer_types`` ("dense" / "sparse") when given, else ``default``."""
+    kinds = c.raw("mlp_layer_types", None)
+    if kinds is None:
+        return default
+    if not isinstance(kinds, list) or len(kinds) != L or any(k not in ("dense", "sparse") for k in kinds):
+        raise c.error(f"mlp_layer_types must be a list of {L} entries 'dense' or 'sparse', got {_short_repr(kinds)}")
+    return [k == "sparse" for k in kinds]
+
+
+def _mimo_v2_flash(d: dict) -> Transformer:
+    """MiMo-V2-Flash: full attention on layer 0 and every sixth layer, sliding windows elsewhere (by
+    ``layer_types``); sliding layers have twice the key/value heads and attention sinks (hard-coded, as in
+    transformers, whatever ``swa_*`` keys the file holds); values of ``v_head_dim``; biases on q, k, v (never
+    on the output); the window is ``sliding_window_size + 1`` when given (the query itself counts), else
+    ``sliding_window``. FFNs by ``mlp_layer_types`` (default: layer 0 dense, the rest MoE): sigmoid routing
+    with a correction bias (a buffer), no shared expert."""
+    c = _Config(d, "mimo_v2_flash config", {"n_routed_experts": "num_local_experts"})
+    D, H, L = c.size("hidden_size"), c.size("num_attention_heads"), c.size("num_hidden_layers")
+    K = c.size("num_key_value_heads", 4)
+    for heads in (K, 2 * K):
+        if H % heads:
+            raise c.error(f"num_attention_heads ({H}) must be a multiple of {heads} key/value heads")
+    bias = c.flag("attention_bias", False)
+    window = c.raw("sliding_window_size", None)
+    window = c.size("sliding_window_size") + 1 if window is not None else c.size("sliding_window", 129)
+    full = Attention(heads=H, kv_heads=K, head_dim=c.size("head_dim", 192), v_head_dim=c.size("v_head_dim", 128),
+                     bias=bias)
+    sliding = full.with_(kv_heads=2 * K, sinks=True, window=window)
+    types = _layer_types(c, L, ["full_attention" if i == 0 or (i + 1) % 6 == 0 else "sliding_attention"
+                                for i in range(L)])
+    sparse = _mlp_layer_types(c, L, [i > 0 for i in range(L)])
+    act = _activation(c, "hidden_act", "silu")
+    moe = None
+    if any(sparse):
+        E = c.size("n_routed_experts")
+        moe = MoE(experts=E, top_k=_top_k(c, "num_experts_per_tok", E, 8, "n_routed_experts"),
+                  expert=FFN(c.size("moe_intermediate_size"), activation=act), router="sigmoid_topk",
+                  score_bias=True, score_bias_buffer=True)
+    ffn = FFN(c.size("intermediate_size"), activation=act) if not all(sparse) else None
+    blocks = [Block(sliding if t == "sliding_attention" else full, moe if s else ffn) for t, s in zip(types, sparse)]
+    return Transformer(vocab=c.size("vocab_size"), width=D, blocks=blocks, tied=c.flag("tie_word_embeddings", False),
+                       name=c.name("mimo_v2_flash"))
 
 
 def _dbrx(d: dict) -> Transformer:
@@ -764,6 +911,11 @@ SUPPORTED: Dict[str, Callable[[dict], Transformer]] = {
     "qwen3_moe": lambda d: _qwen_moe(d, "qwen3_moe"),
     "deepseek_v2": lambda d: _deepseek(d, "deepseek_v2"),
     "deepseek_v3": lambda d: _deepseek(d, "deepseek_v3"),
+    "deepseek_v32": lambda d: _deepseek(d, "deepseek_v32"),
+    "glm_moe_dsa": lambda d: _deepseek(d, "glm_moe_dsa"),
+    "kimi_k2": lambda d: _deepseek(d, "kimi_k2"),
+    "qwen3_next": _qwen3_next,
+    "mimo_v2_flash": _mimo_v2_flash,
     "dbrx": _dbrx,
     "gpt_oss": _gpt_oss,
     "llama4_text": _llama4,

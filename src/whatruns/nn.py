@@ -152,12 +152,12 @@ class SelfAttention(nn.Module):
         self.q_head_norm = nn.RMSNorm(norm_q, eps=1e-6) if norm_q else None
         self.k_head_norm = nn.RMSNorm(norm_k, eps=1e-6) if norm_k else None
         self.sinks = nn.Parameter(torch.zeros(H)) if a.sinks else None
-        self.indexer = Indexer(D, a) if a.indexer is not None else None
+        self.indexer = Indexer(D, a) if a.indexer is not None and not a.indexer.shared else None
 
     def heads(self, x, n, d):  # (B, T, n*d) -> (B, n, T, d)
         return x.view(x.shape[0], x.shape[1], n, d).transpose(1, 2)
 
-    def forward(self, x, source=None, mask=None, causal=False):
+    def forward(self, x, source=None, mask=None, causal=False, state=None):
         a = self.a
         H, K, dh, dv = a.heads, a.kv_heads, a.head_dim, a.v_head_dim
         B, T = x.shape[:2]
@@ -197,6 +197,10 @@ class SelfAttention(nn.Module):
             q, k = rotate(q), rotate(k)
         if self.indexer is not None:
             mask = self.indexer(x, q_latent, mask, causal)
+            if state is not None:
+                state["sparse_mask"] = mask  # for the shared layers that follow
+        elif a.indexer is not None:  # a shared layer: the keys the last indexer picked
+            mask = state["sparse_mask"]
         if self.sinks is not None:
             out = attend_with_sinks(q, k, v, self.sinks, mask, causal)
         else:
@@ -680,14 +684,14 @@ class Layer(nn.Module):
             self.ffn_norm, self.ffn = norm(), FeedForward(D, b.ffn)
         self.post = nn.ModuleList(norm() for _ in range(b.sublayers)) if b.post_norms else None
 
-    def forward(self, x, mask, causal, memory=None):
+    def forward(self, x, mask, causal, memory=None, state=None):
         post = iter(self.post) if self.post is not None else None
 
         def residual(x, h):
             return x + (next(post)(h) if post is not None else h)
 
         if self.attn is not None:
-            x = residual(x, self.attn(self.attn_norm(x), mask=mask, causal=causal))
+            x = residual(x, self.attn(self.attn_norm(x), mask=mask, causal=causal, state=state))
         elif self.mixer is not None:
             x = residual(x, self.mixer(self.mixer_norm(x)))
         if self.cross is not None:
@@ -742,8 +746,9 @@ class Stack(nn.Module):
         return (m if bias is None else bias + m).to(dtype)
 
     def forward(self, x, memory=None):
+        state = {}  # what one layer leaves for later ones (a sparse-attention indexer's choice of keys)
         for block, mask in zip(self.blocks, self.masks(x.shape[1], x.dtype)):
-            x = block(x, mask, self.decoder, memory)
+            x = block(x, mask, self.decoder, memory, state)
         return self.norm(x) if self.norm is not None else x
 
 

@@ -170,16 +170,20 @@ class Indexer(_Part):
     """The lightning indexer of DeepSeek Sparse Attention (DeepSeek-V3.2, GLM-5): a small multi-head
     scorer (``heads`` heads of ``head_dim``, its queries from the MLA query latent, one shared key of
     ``head_dim`` with a LayerNorm, a per-head weight from the input) that picks, for each query, the
-    ``top_k`` keys the attention then reads. Needs MLA with a query latent (``q_lora_rank > 0``)."""
+    ``top_k`` keys the attention then reads. Needs MLA with a query latent (``q_lora_rank > 0``).
+    ``shared``: the layer has no indexer of its own and reads the keys the last indexer picked (GLM-5.2's
+    shared layers): no parameters, no scoring work, the same ``top_k`` keys per query."""
 
     heads: int
     head_dim: int
     top_k: int
+    shared: bool = False
 
     def __post_init__(self):
         _positive("Indexer", "index_heads", self.heads)
         _positive("Indexer", "head_dim", self.head_dim)
         _positive("Indexer", "index_top_k", self.top_k)
+        _flag("Indexer", "shared", self.shared)
 
 
 @dataclass(frozen=True)
@@ -668,6 +672,11 @@ class Transformer(_Part):
             raise SpecError(f"{o}: cross-attention needs both an encoder and a decoder")
         if any(r.block.cross is not None for r in self.encoder):
             raise SpecError(f"{o}: encoder layers have no cross-attention")
+        for _, stack in self.stacks:
+            first = next((r.block.mixer.indexer for r in stack if isinstance(r.block.mixer, Attention)
+                          and r.block.mixer.indexer is not None), None)
+            if first is not None and first.shared:
+                raise SpecError(f"{o}: a shared sparse-attention layer needs an indexer layer before it")
 
     # the stack, layer by layer
     @property
