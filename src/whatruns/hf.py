@@ -40,7 +40,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
@@ -156,7 +156,8 @@ def text_model(config: dict):
     ``model_type`` is not a text model whatruns reads and that holds a ``text_config`` (Llama 4, Kimi K2.5,
     Qwen3-VL, Qwen3.5, Gemma 3 and 4, LLaVA-style models) -- else ``(config, None)``. The text config
     inherits the wrapper's ``_name_or_path``; a text config without a ``model_type`` gets its wrapper's
-    default text model type (:data:`WRAPPERS`)."""
+    default text model type, and where the wrapper's class holds the LM head, its tie flag
+    (:data:`WRAPPERS`)."""
     mt = config.get("model_type")
     inner = config.get("text_config")
     if mt in SUPPORTED or not isinstance(mt, str) or "text_config" not in config:
@@ -164,12 +165,14 @@ def text_model(config: dict):
     if not isinstance(inner, dict):
         raise SpecError(f"{mt} config: text_config must be an object, got {_json_type(inner)}")
     inner = dict(inner)
+    wrapper = WRAPPERS.get(mt)
     if "model_type" not in inner:
-        default = WRAPPERS.get(mt)
-        if default is None:
+        if wrapper is None:
             raise SpecError(f"{mt} config: its text_config has no model_type, and whatruns does not know "
                             f"the text model of a {mt!r} wrapper")
-        inner["model_type"] = default
+        inner["model_type"] = wrapper.text_type
+    if wrapper is not None and wrapper.tie_from_wrapper:
+        inner["tie_word_embeddings"] = config.get("tie_word_embeddings", wrapper.tie_default)
     for key in ("_name_or_path", "name"):
         if key in config and key not in inner:
             inner[key] = config[key]
@@ -336,7 +339,7 @@ _ACTIVATIONS = {  # transformers' ACT2FN name -> whatruns'
     "silu": "silu", "swish": "silu",
     "gelu": "gelu",
     "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh",
-    "relu": "relu",
+    "relu": "relu", "relu2": "relu2",
 }
 
 
@@ -658,17 +661,21 @@ def _shared_indexers(c: _Config, L: int) -> List[bool]:
 
 
 def _qwen3_next(d: dict, model_type: str = "qwen3_next") -> Transformer:
-    """Qwen3-Next: a hybrid of gated DeltaNet layers (``linear_attention``) and gated full attention
-    (``full_attention``: the query projection twice as wide, its second half a sigmoid gate on the output;
-    QK-norm per head; head_dim default 256), by ``layer_types`` or, absent, every ``full_attention_interval``-th
-    layer (default 4) full. FFNs as Qwen2-MoE: layer i is MoE when ``num_experts > 0``, (i + 1) is a multiple of
-    ``decoder_sparse_step`` and i is not in ``mlp_only_layers``; a shared expert with a sigmoid gate; softmax
-    router, renormalised if ``norm_topk_prob`` (default true). Another attention type in ``layer_types`` builds
-    no mixer at all (as transformers does)."""
+    """Qwen3-Next and the text models of Qwen3.5 (``qwen3_5_text``, dense; ``qwen3_5_moe_text``): hybrids of
+    gated DeltaNet layers (``linear_attention``) and gated full attention (``full_attention``: the query
+    projection twice as wide, its second half a sigmoid gate on the output; QK-norm per head; head_dim default
+    256), by ``layer_types`` or, absent, every ``full_attention_interval``-th layer (default 4) full.
+
+    Another attention type in ``layer_types`` builds no mixer at all in Qwen3-Next and Qwen3.5-MoE, and full
+    attention in dense Qwen3.5 (as transformers does). FFNs: Qwen3-Next as Qwen2-MoE (layer i is MoE when
+    ``num_experts > 0``, (i + 1) is a multiple of ``decoder_sparse_step`` and i is not in ``mlp_only_layers``;
+    softmax router, renormalised if ``norm_topk_prob``, default true); Qwen3.5-MoE every layer MoE, always
+    renormalised; dense Qwen3.5 a gated FFN of ``intermediate_size`` everywhere. The MoEs have a shared
+    expert with a sigmoid gate."""
     c = _Config(d, f"{model_type} config")
     D, H, L = c.size("hidden_size"), c.size("num_attention_heads"), c.size("num_hidden_layers")
     bias = c.flag("attention_bias", False)
-    kv = c.size("num_key_value_heads", 2)
+    kv = c.size("num_key_value_heads", 4 if model_type == "qwen3_5_text" else 2)
     if H % kv:
         raise c.error(f"num_attention_heads ({H}) must be a multiple of num_key_value_heads ({kv})")
     attn = Attention(heads=H, kv_heads=kv, head_dim=c.size("head_dim", 256), bias=bias, out_bias=bias,
@@ -680,16 +687,24 @@ def _qwen3_next(d: dict, model_type: str = "qwen3_next") -> Transformer:
                              value_dim=c.size("linear_value_head_dim", 128), conv=c.size("linear_conv_kernel_dim", 4))
     interval = c.size("full_attention_interval", 4)
     types = _layer_types(c, L, ["linear_attention" if (i + 1) % interval else "full_attention" for i in range(L)])
-    mixers = [linear if t == "linear_attention" else attn if t == "full_attention" else None for t in types]
-    E = c.size("num_experts", zero_ok=True)
-    step = c.size("decoder_sparse_step", 1)
-    only = set(c.int_list("mlp_only_layers", None) or [])
-    is_moe = [E > 0 and i not in only and (i + 1) % step == 0 for i in range(L)]
+    other = attn if model_type == "qwen3_5_text" else None
+    mixers = [linear if t == "linear_attention" else attn if t == "full_attention" else other for t in types]
     act = _activation(c, "hidden_act", "silu")
+    if model_type == "qwen3_5_text":
+        is_moe, E = [False] * L, 0
+    elif model_type == "qwen3_5_moe_text":
+        E = c.size("num_experts")
+        is_moe = [True] * L
+    else:
+        E = c.size("num_experts", zero_ok=True)
+        step = c.size("decoder_sparse_step", 1)
+        only = set(c.int_list("mlp_only_layers", None) or [])
+        is_moe = [E > 0 and i not in only and (i + 1) % step == 0 for i in range(L)]
     moe = None
     if any(is_moe):
-        router = "topk_softmax" if c.flag("norm_topk_prob", True) else "softmax_topk"
-        moe = MoE(experts=E, top_k=_top_k(c, "num_experts_per_tok", E, 10), router=router,
+        renorm = c.flag("norm_topk_prob", True) if model_type == "qwen3_next" else True
+        moe = MoE(experts=E, top_k=_top_k(c, "num_experts_per_tok", E, 10 if model_type == "qwen3_next" else 8),
+                  router="topk_softmax" if renorm else "softmax_topk",
                   expert=FFN(c.size("moe_intermediate_size"), activation=act),
                   shared=FFN(c.size("shared_expert_intermediate_size"), activation=act), shared_experts=1,
                   shared_gate=True)
@@ -697,6 +712,34 @@ def _qwen3_next(d: dict, model_type: str = "qwen3_next") -> Transformer:
     blocks = [Block(mixers[i], moe if is_moe[i] else ffn) for i in range(L)]
     return Transformer(vocab=c.size("vocab_size"), width=D, blocks=blocks, tied=c.flag("tie_word_embeddings", False),
                        name=c.name(model_type))
+
+
+def _qwen3_vl_moe_text(d: dict) -> Transformer:
+    """Qwen3-VL-MoE's text model: Qwen3-MoE's layout (QK-norm per head, biases on q, k, v and o with
+    ``attention_bias``; layer i is MoE when i is not in ``mlp_only_layers``, ``num_experts > 0`` and (i + 1)
+    is a multiple of ``decoder_sparse_step``), always renormalised, no shared expert; ``head_dim`` absent
+    or null is ``hidden_size // num_attention_heads``, rounded down."""
+    c = _Config(d, "qwen3_vl_moe_text config", {"num_experts": "num_local_experts"})
+    D, H, L = c.size("hidden_size"), c.size("num_attention_heads"), c.size("num_hidden_layers")
+    kv = c.size("num_key_value_heads", 16)
+    if H % kv:
+        raise c.error(f"num_attention_heads ({H}) must be a multiple of num_key_value_heads ({kv})")
+    dh = c.size("head_dim", None, none=True, zero_ok=True) or D // H
+    if dh == 0:
+        raise c.error(f"hidden_size // num_attention_heads is 0 ({D} // {H}): no head_dim")
+    bias = c.flag("attention_bias", False)
+    E = c.size("num_experts", zero_ok=True)
+    step = c.size("decoder_sparse_step", 1)
+    only = set(c.int_list("mlp_only_layers", None) or [])
+    moe_layers = tuple(i for i in range(L) if i not in only and E > 0 and (i + 1) % step == 0)
+    act = _activation(c, "hidden_act", "silu")
+    moe = MoE(experts=E, top_k=_top_k(c, "num_experts_per_tok", E, 4), router="topk_softmax",
+              expert=FFN(c.size("moe_intermediate_size"), activation=act)) if moe_layers else None
+    ffn = FFN(c.size("intermediate_size"), activation=act) if len(moe_layers) < L else None
+    return Transformer(vocab=c.size("vocab_size"), width=D, layers=L,
+                       attention=Attention(heads=H, kv_heads=kv, head_dim=dh, bias=bias, out_bias=bias, qk_norm="head"),
+                       ffn=ffn, moe=moe, moe_layers=moe_layers, tied=c.flag("tie_word_embeddings", True),
+                       name=c.name("qwen3_vl_moe_text"))
 
 
 def _mlp_layer_types(c: _Config, L: int, default: List[bool]) -> List[bool]:
@@ -742,6 +785,71 @@ def _mimo_v2_flash(d: dict) -> Transformer:
     blocks = [Block(sliding if t == "sliding_attention" else full, moe if s else ffn) for t, s in zip(types, sparse)]
     return Transformer(vocab=c.size("vocab_size"), width=D, blocks=blocks, tied=c.flag("tie_word_embeddings", False),
                        name=c.name("mimo_v2_flash"))
+
+
+_NEMOTRON_BLOCKS = {"M": "linear_attention", "*": "full_attention", "-": "mlp", "E": "moe",
+                    "mamba": "linear_attention", "attention": "full_attention"}
+
+
+def _nemotron_h(d: dict) -> Transformer:
+    """Nemotron-H and Nemotron 3: a list of single-sublayer blocks -- Mamba-2, attention (GQA, no biases, no
+    positional encoding), an ungated MLP (ReLU², ``mlp_hidden_act``), or a MoE -- each with one norm before it.
+    The list is ``layers_block_type`` (alias ``layer_types``; legacy "mamba" and "attention" accepted), else
+    ``hybrid_override_pattern`` (M, *, -, E), else transformers' default of four blocks; ``num_hidden_layers``
+    is not read (it is the list's length). The MoE: ungated experts without biases, in a latent space of
+    ``moe_latent_size`` when given; one shared MLP of ``moe_shared_expert_intermediate_size`` (0:
+    ``intermediate_size``); sigmoid router with a correction bias (a buffer). The LM head is never tied."""
+    c = _Config(d, "nemotron_h config", {"layers_block_type": "layer_types", "n_routed_experts": "num_local_experts"})
+    types = c.raw("layers_block_type", None)
+    if types is None:
+        pattern = c.raw("hybrid_override_pattern", None)
+        if pattern is not None:
+            if not isinstance(pattern, str) or any(ch not in "M*-E" for ch in pattern):
+                raise c.error(f"hybrid_override_pattern must be a string of M, *, - and E, got {_short_repr(pattern)}")
+            types = [_NEMOTRON_BLOCKS[ch] for ch in pattern]
+        else:
+            types = ["linear_attention", "moe", "full_attention", "mlp"]
+    if not isinstance(types, list) or not types:
+        raise c.error(f"layers_block_type must be a non-empty list, got {_short_repr(types)}")
+    types = [_NEMOTRON_BLOCKS.get(t, t) if isinstance(t, str) else t for t in types]
+    bad = [t for t in types if t not in ("linear_attention", "full_attention", "mlp", "moe")]
+    if bad:
+        raise c.error(f"layers_block_type has {_short_repr(bad[0])}: blocks are linear_attention, full_attention, "
+                      "mlp or moe")
+    if len(types) > BOUNDS["layers"]:
+        raise c.error(f"{len(types):,} blocks, beyond the bound {BOUNDS['layers']:,}")
+    D = c.size("hidden_size")
+    mlp_bias = c.flag("mlp_bias", False)
+    act = _activation(c, "mlp_hidden_act", "relu2")
+    blocks = {}
+    if "linear_attention" in types:
+        heads = c.size("mamba_num_heads", 128)
+        G = c.size("n_groups", 8)
+        if heads % G:
+            raise c.error(f"mamba_num_heads ({heads}) must be a multiple of n_groups ({G})")
+        blocks["linear_attention"] = Block(Mamba2(heads=heads, head_dim=c.size("mamba_head_dim", 64),
+                                                  state=c.size("ssm_state_size", 128), groups=G,
+                                                  conv=c.size("conv_kernel", 4), conv_bias=c.flag("use_conv_bias", True),
+                                                  bias=c.flag("use_bias", False)))
+    if "full_attention" in types:
+        H = c.size("num_attention_heads")
+        K = c.size("num_key_value_heads", 8)
+        if H % K:
+            raise c.error(f"num_attention_heads ({H}) must be a multiple of num_key_value_heads ({K})")
+        blocks["full_attention"] = Block(Attention(heads=H, kv_heads=K, head_dim=c.size("head_dim", 128)))
+    if "mlp" in types:
+        blocks["mlp"] = Block(ffn=FFN(c.size("intermediate_size"), gated=False, bias=mlp_bias, activation=act))
+    if "moe" in types:
+        E = c.size("n_routed_experts")
+        shared = c.size("moe_shared_expert_intermediate_size", zero_ok=True) or c.size("intermediate_size")
+        latent = c.size("moe_latent_size", None, none=True) or 0
+        blocks["moe"] = Block(ffn=MoE(experts=E, top_k=_top_k(c, "num_experts_per_tok", E, 2, "n_routed_experts"),
+                                      expert=FFN(c.size("moe_intermediate_size"), gated=False, activation=act),
+                                      shared=FFN(shared, gated=False, bias=mlp_bias, activation=act), shared_experts=1,
+                                      router="sigmoid_topk", score_bias=True, score_bias_buffer=True,
+                                      latent=latent, latent_bias=mlp_bias and latent > 0))
+    return Transformer(vocab=c.size("vocab_size"), width=D, blocks=[blocks[t] for t in types], tied=False,
+                       name=c.name("nemotron_h"))
 
 
 def _dbrx(d: dict) -> Transformer:
@@ -896,9 +1004,27 @@ def _switch(d: dict) -> Transformer:
         encoder_layers=enc, encoder_moe_layers=enc_moe, name=c.name("switch_transformers"))
 
 
-WRAPPERS = {"llama4": "llama4_text"}
-"""Wrapper (multimodal) model types whatruns knows, each with the text model type its config class gives a
-``text_config`` that names none. A wrapper not listed is read too when its ``text_config`` names its type."""
+@dataclass(frozen=True)
+class Wrapper:
+    """A wrapper (multimodal) model type: the text model type its config class gives a ``text_config`` that
+    names none, and whose ``tie_word_embeddings`` ties the LM head -- the text config's (``tie_from_wrapper``
+    False: transformers' causal-LM view builds the text model alone) or the wrapper's own (True: its
+    ForConditionalGeneration class holds the head; ``tie_default`` when the wrapper does not say)."""
+
+    text_type: str
+    tie_from_wrapper: bool = False
+    tie_default: bool = False
+
+
+WRAPPERS: Dict[str, Wrapper] = {
+    "llama4": Wrapper("llama4_text"),
+    "kimi_k25": Wrapper("deepseek_v3", tie_from_wrapper=True, tie_default=True),
+    "qwen3_vl_moe": Wrapper("qwen3_vl_moe_text", tie_from_wrapper=True),
+    "qwen3_5": Wrapper("qwen3_5_text"),
+    "qwen3_5_moe": Wrapper("qwen3_5_moe_text"),
+}
+"""Wrapper (multimodal) model types whatruns knows. A wrapper not listed is read too when its ``text_config``
+names a text model type whatruns reads (LLaVA-style), its tie flag taken from the text config."""
 
 SUPPORTED: Dict[str, Callable[[dict], Transformer]] = {
     "gpt2": _gpt2,
@@ -915,7 +1041,11 @@ SUPPORTED: Dict[str, Callable[[dict], Transformer]] = {
     "glm_moe_dsa": lambda d: _deepseek(d, "glm_moe_dsa"),
     "kimi_k2": lambda d: _deepseek(d, "kimi_k2"),
     "qwen3_next": _qwen3_next,
+    "qwen3_5_text": lambda d: _qwen3_next(d, "qwen3_5_text"),
+    "qwen3_5_moe_text": lambda d: _qwen3_next(d, "qwen3_5_moe_text"),
+    "qwen3_vl_moe_text": _qwen3_vl_moe_text,
     "mimo_v2_flash": _mimo_v2_flash,
+    "nemotron_h": _nemotron_h,
     "dbrx": _dbrx,
     "gpt_oss": _gpt_oss,
     "llama4_text": _llama4,
