@@ -18,7 +18,7 @@ torch.set_num_threads(1)  # tiny tensors: threads only add waiting (and spinning
 SETTINGS = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 DROPLESS = ("grouped_mm", "loop", "threads")  # the strategies whose FLOPs are count()'s
 FAMILIES = ("gpt2", "llama", "qwen3", "mla", "mla_q_lora", "gpt_oss", "qwen2_moe", "deepseek_v3", "switch_t5",
-            "hybrid", "bert")
+            "hybrid", "bert", "gemma4")
 small = st.integers
 
 
@@ -70,6 +70,18 @@ def transformers(draw, family=None):
     elif family == "hybrid":  # a per-layer stack: every mixer kind, MoE with latent, output gate, sparse attention
         return Transformer(vocab=V, width=D, tied=kw["tied"], name=family, blocks=draw(st.lists(hybrid_blocks(D),
                                                                                                 min_size=1, max_size=3)))
+    elif family == "gemma4":  # per-layer embeddings, values from keys, shared keys and values, router scales
+        sliding = Attention(H, K, dh, qk_norm="head", window=draw(small(1, 3)))
+        full = Attention(H, K, 2 * dh, qk_norm="head", values_from_keys=draw(st.booleans()))
+        moe = draw(moes()).with_(router_scale=True, shared=FFN(8), shared_experts=1) if draw(st.booleans()) else None
+        ffn = moe or FFN(4 * draw(small(1, 3)))
+        blocks = [Block(sliding, ffn, post_norms=True, extra_norms=3 if moe else 0),
+                  Block(full, ffn, post_norms=True, extra_norms=3 if moe else 0)]
+        blocks += [Block(a.with_(kv_shared=True), ffn, post_norms=True, extra_norms=3 if moe else 0)
+                   for a in draw(st.lists(st.sampled_from((sliding, full)), max_size=2))]
+        P = draw(small(0, 3))
+        return Transformer(vocab=V, width=D, blocks=blocks, tied=True, per_layer_input=P,
+                           per_layer_vocab=V + draw(small(0, 3)) if P else 0, name=family)
     elif family == "bert":  # an encoder alone, post-norm extras: token types, embedding norm, head transform
         a = Attention(H, H, dh, bias=True, out_bias=True)
         return Transformer(vocab=V, width=D, blocks=(), encoder=[Run(Block(a, FFN(ffn.width, gated=False, bias=True,
@@ -96,7 +108,7 @@ def hybrid_blocks(draw, D):
         mixer = Attention(H, draw(st.sampled_from([k for k in (1, 2) if H % k == 0])), dh,
                           window=draw(small(0, 3)))
     elif kind == "gated":
-        mixer = Attention(H, H, dh, gate=True, qk_norm="head")
+        mixer = Attention(H, H, dh, gate=draw(st.sampled_from(("channel", "head"))), qk_norm="head")
     elif kind == "chunked":
         mixer = Attention(H, H, dh, chunk=draw(small(1, 3)))
     elif kind == "full_qk_norm":
