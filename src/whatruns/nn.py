@@ -296,7 +296,7 @@ class SelfAttention(nn.Module):
             else:
                 q = self.q(x)
         else:
-            q = clip(self.q(x))
+            q = self.q(x)
         gate = None
         if a.gate == "channel":  # each head's query and its gate, side by side
             q, gate = q.view(B, T, H, 2 * dh).split([dh, dh], dim=-1)
@@ -321,10 +321,11 @@ class SelfAttention(nn.Module):
                 q = rotary(q, positions, T)
             k, v = state["kv"][a.kv_kind]
         else:
-            k = clip(self.k(source))
-            v = k if a.values_from_keys else clip(self.v(source))
+            k = self.k(source)
+            v = k if a.values_from_keys else self.v(source)
             if a.qk_norm == "full":
                 q, k = self.q_head_norm(q), self.k_head_norm(k)
+            q, k, v = clip(q), clip(k), clip(v)  # after a norm over all heads (OLMoE), as DBRX's on the projections
             q, k, v = self.heads(q, H, dh), self.heads(k, K, dh), self.heads(v, K, dv)
         if a.qk_norm == "head" and not a.kv_shared:
             q, k = self.q_head_norm(q), self.k_head_norm(k)
@@ -629,18 +630,23 @@ class MoELayer(nn.Module):
             logits = self.router(x)
         if m.router == "sparsemixer":
             return _sparsemixer(logits)
-        scores = torch.sigmoid(logits) if m.router == "sigmoid_topk" else logits.softmax(dim=-1)
+        sigmoid = m.router in ("sigmoid_topk", "topk_sigmoid")
+        scores = torch.sigmoid(logits) if sigmoid else logits.softmax(dim=-1)
         choose = scores if self.score_bias is None else scores + self.score_bias  # selection only
+        if m.groups > 1:  # group-limited: the best group_top_k groups first (DeepSeek-V2/V3, GLM-4.5)
+            choose = _limit_groups(choose, m.groups, m.group_top_k, best=2 if sigmoid else 1)
         idx = choose.topk(m.top_k, dim=-1).indices
         if m.router == "topk_softmax":
             w = logits.gather(1, idx).softmax(dim=-1)
         else:
             w = scores.gather(1, idx)
-            if m.router == "sigmoid_topk":
+            if m.router == "sigmoid_topk" and m.renormalize:
                 w = w / w.sum(dim=-1, keepdim=True)
         if m.router_scale:
             w = w * self.per_expert_scale[idx]
-        p = scores / scores.sum(dim=-1, keepdim=True) if m.router == "sigmoid_topk" else scores
+        if m.routed_scale != 1.0:
+            w = w * m.routed_scale
+        p = scores / scores.sum(dim=-1, keepdim=True) if sigmoid else scores
         return idx, w, p
 
     def forward(self, x):
@@ -707,6 +713,7 @@ class MoELayer(nn.Module):
         # (at small batches most are: the loop then reads only the experts the batch reached)
         order = expert.argsort(stable=True)
         token, weight = token[order], weight[order, None]
+        into = self.m.weight_input
         counts = torch.bincount(expert, minlength=self.m.experts).tolist()
         starts = [0]
         for n in counts:
@@ -716,7 +723,10 @@ class MoELayer(nn.Module):
         def work(experts):  # gather, multiply, weight: each expert writes its own rows of out
             for e in experts:
                 s, t = starts[e], starts[e + 1]
-                out[s:t] = self.experts.one(e, x.index_select(0, token[s:t])) * weight[s:t]
+                if into:  # Llama 4: the weight scales what the expert reads
+                    out[s:t] = self.experts.one(e, x.index_select(0, token[s:t]) * weight[s:t])
+                else:
+                    out[s:t] = self.experts.one(e, x.index_select(0, token[s:t])) * weight[s:t]
 
         chosen = [e for e, n in enumerate(counts) if n]
         if parallel and _can_deal_out(x):
@@ -732,31 +742,50 @@ class MoELayer(nn.Module):
         order = expert.argsort(stable=True)
         expert, token, weight = expert[order], token[order], weight[order]
         offs = torch.bincount(expert, minlength=self.m.experts).cumsum(0).to(torch.int32)
-        out = self.experts.run(x[token], lambda h, W: torch._grouped_mm(h, W.transpose(1, 2), offs=offs),
+        rows = x[token] * weight[:, None] if self.m.weight_input else x[token]
+        out = self.experts.run(rows, lambda h, W: torch._grouped_mm(h, W.transpose(1, 2), offs=offs),
                                lambda b: b[expert])
-        return torch.zeros_like(x).index_add_(0, token, out * weight[:, None])
+        return torch.zeros_like(x).index_add_(0, token, out if self.m.weight_input else out * weight[:, None])
 
     def _dense(self, x, expert, token, weight, slot, cap):
         E = self.m.experts
-        out = self.experts.run(x.expand(E, -1, -1), _bmm, lambda b: b[:, None])  # (E, N, D)
         gates = torch.zeros(E, x.shape[0], dtype=x.dtype).index_put_((expert, token), weight)
+        if self.m.weight_input:  # every expert reads every token, scaled by its weight (0 if not chosen)
+            return self.experts.run(x[None] * gates[..., None], _bmm, lambda b: b[:, None]).sum(dim=0)
+        out = self.experts.run(x.expand(E, -1, -1), _bmm, lambda b: b[:, None])  # (E, N, D)
         return (out * gates[..., None]).sum(dim=0)  # elementwise: the counter sees only the bmm's
 
     def _gather(self, x, expert, token, weight, slot, cap):
         C = cap if cap is not None else int(self.load.max())
         buffers = x.new_zeros(self.m.experts, C, x.shape[1])
-        buffers[expert, slot] = x[token]  # expert e's tokens in rows 0.. of buffer e, zeros after
+        into = self.m.weight_input
+        buffers[expert, slot] = x[token] * weight[:, None] if into else x[token]  # expert e's tokens, zeros after
         out = self.experts.run(buffers, _bmm, lambda b: b[:, None])  # (E, C, D): one bmm per matrix
-        return torch.zeros_like(x).index_add_(0, token, out[expert, slot] * weight[:, None])
+        return torch.zeros_like(x).index_add_(0, token, out[expert, slot] * (1 if into else weight[:, None]))
 
     def _onehot(self, x, expert, token, weight, slot, cap):
         E, N = self.m.experts, x.shape[0]
         C = cap if cap is not None else int(self.load.max())
-        dispatch = torch.zeros(N, E, C, dtype=x.dtype).index_put_((token, expert, slot), torch.ones_like(weight))
-        combine = torch.zeros(N, E, C, dtype=x.dtype).index_put_((token, expert, slot), weight)
+        into = self.m.weight_input
+        dispatch = torch.zeros(N, E, C, dtype=x.dtype).index_put_((token, expert, slot),
+                                                                  weight if into else torch.ones_like(weight))
+        combine = torch.zeros(N, E, C, dtype=x.dtype).index_put_((token, expert, slot),
+                                                                 torch.ones_like(weight) if into else weight)
         buffers = torch.einsum("nec,nd->ecd", dispatch, x)  # a matmul that only moves rows
         out = self.experts.run(buffers, _bmm, lambda b: b[:, None])  # (E, C, D), padding too
         return torch.einsum("nec,ecd->nd", combine, out)
+
+
+def _limit_groups(choose: torch.Tensor, groups: int, keep: int, best: int) -> torch.Tensor:
+    """Scores with every expert outside each token's ``keep`` best groups set to -inf; a group's score is the
+    sum of its ``best`` highest scores (2 for DeepSeek-V3's sigmoid router, 1 -- the max -- for V2's)."""
+    N, E = choose.shape
+    if E % groups:
+        raise ValueError(f"{E} experts do not split into {groups} groups")
+    grouped = choose.view(N, groups, E // groups)
+    score = grouped.topk(min(best, E // groups), dim=-1).values.sum(dim=-1)
+    mask = torch.zeros(N, groups, dtype=torch.bool).scatter(1, score.topk(keep, dim=-1).indices, True)
+    return choose.masked_fill(~mask[..., None].expand(N, groups, E // groups).reshape(N, E), float("-inf"))
 
 
 def _sparsemixer(logits: torch.Tensor, eps: float = 0.01):
