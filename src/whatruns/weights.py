@@ -147,6 +147,8 @@ def convert_state_dict(state_dict: Dict[str, torch.Tensor], model_type: str, mod
             continue  # recomputed buffers (rotary frequencies; GPT-2's causal mask)
         if name == "lm_head.weight" and model.spec.tied:
             continue  # the embedding itself
+        if tensor.numel() == 0:
+            continue  # a zero-width layer (DeepSeek's shared FFN when n_shared_experts is 0): nothing to load
         targets = {}
         for rule in rules:  # every rule that takes the tensor (a fused one is split); the first per target
             if rule[0] == "qkv":  # one fused projection into q, k and v
