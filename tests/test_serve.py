@@ -19,8 +19,8 @@ from test_nn import transformers as nn_transformers
 from whatruns import catalog, count, load
 from whatruns.count import experts_touched
 from whatruns.serve import (ACCELERATORS, KV_KINDS, accelerator, check_fits, decode_flops, decode_step,
-                            kv_cache_bytes, max_batch, max_context, memory_needed, prefill, weight_bytes,
-                            weight_tensors)
+                            devices_needed, kv_cache_bytes, kv_crossover, max_batch, max_context, memory_needed,
+                            prefill, weight_bytes, weight_tensors)
 from whatruns.spec import (FFN, Attention, Block, Indexer, LinearAttention, Mamba2, MoE, Norm, Run, SpecError,
                            Storage, Transformer)
 
@@ -523,6 +523,23 @@ def test_what_fits():
     flat = Transformer(vocab=100, width=64, blocks=[Run(Block(LinearAttention(4, 2, 16, 8), FFN(64)), 4)],
                        storage=Storage("bfloat16"))
     assert max_context(flat, "h100") is None
+
+
+def test_devices_needed_and_kv_crossover():
+    d = catalog.spec("deepseek-v3")
+    n = devices_needed(d, "h200", batch=16, context=T)
+    assert (n - 1) * 141e9 < memory_needed(d, 16, T) <= n * 141e9
+    assert max_batch(d, "h200", T, devices=n) >= 16 > max_batch(d, "h200", T, devices=n - 1)
+    m = catalog.spec("mixtral-8x7b")  # dense-like at large batches: every expert read
+    b = kv_crossover(m, T)
+    for B, cache_wins in ((b - 1, False), (b, True)):
+        st = decode_step(m, "h200", B, T)
+        assert (st.kv_bytes >= st.weight_bytes) == cache_wins
+    assert abs(b - weight_bytes(m).total / kv_cache_bytes(m, T).total) < 1  # 93.4 GB / 537 MB a sequence
+    # an MoE's weight side grows with the batch: at a long context the cache wins while few experts are read
+    g = catalog.spec("gpt-oss-120b")
+    b = kv_crossover(g, 32768)
+    assert decode_step(g, "h100", b, 32768).weight_bytes < 0.8 * weight_bytes(g).total
 
 
 # ------------------------------------------------------------------------------------------ command line

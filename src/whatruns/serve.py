@@ -34,7 +34,7 @@ from .spec import (BOUNDS, FFN, Attention, Block, EmbeddingModel, LinearAttentio
 
 __all__ = ["Tensor", "weight_tensors", "WeightBytes", "weight_bytes", "KVCache", "kv_cache_bytes",
            "Accelerator", "ACCELERATORS", "accelerator", "Step", "decode_step", "prefill", "memory_needed",
-           "max_batch", "max_context", "check_fits", "DTYPE_BYTES", "SCHEMES"]
+           "max_batch", "max_context", "check_fits", "devices_needed", "kv_crossover", "DTYPE_BYTES", "SCHEMES"]
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float8_e4m3fn": 1, "float8_e5m2": 1, "float8": 1,
                "fp8": 1, "int8": 1}
@@ -1342,3 +1342,38 @@ def check_fits(spec, hardware, batch: int, context: int, devices: int = 1, kv_dt
     raise SpecError(f"does not fit: {batch} sequences of {context:,} tokens need {human(need)} (weights "
                     f"{human(wb.total)} + KV cache {human(kv)}), {where} holds {human(have)}; at {context:,} "
                     f"tokens at most {b:,} sequences fit")
+
+
+def devices_needed(spec, hardware, batch: int = 1, context: int = 4096, kv_dtype="bfloat16", mla: str = "latent",
+                   reserve: int = 0, weights: Optional[WeightBytes] = None) -> int:
+    """The fewest accelerators whose memory (less ``reserve`` bytes in all) holds the weights as stored and
+    ``batch`` caches of ``context`` tokens (:func:`memory_needed`), the model split evenly across them."""
+    hw = accelerator(hardware)
+    need = memory_needed(spec, batch, context, kv_dtype, mla, weights) + reserve
+    return max(1, math.ceil(need / hw.memory))
+
+
+def kv_crossover(spec, context: int, kv_dtype="bfloat16", mla: str = "latent",
+                 weights: Optional[WeightBytes] = None) -> int:
+    """The smallest batch at which a decode step at ``context`` reads more bytes of KV cache than of weights:
+    B x ``kv_cache_bytes(spec, context)`` >= the weights B tokens read (of an MoE, the experts they reach, so
+    the weight side grows with B too, up to all of them). Below it the weights dominate a step's bytes, above
+    it the cache does."""
+    s = _decoder(spec)
+    wb = weights if weights is not None else weight_bytes(s)
+    per = kv_cache_bytes(s, context, 1, kv_dtype, mla).total
+    if per == 0:
+        raise SpecError("this model keeps no cache, so the cache never outweighs the weights")
+
+    def cache_wins(B):
+        return B * per >= _read_bytes(s, wb, B, True)
+    hi = 1
+    while not cache_wins(hi):
+        hi *= 2
+        if hi > 2 ** 62:  # pragma: no cover - the weights are finite and the cache grows with B
+            raise SpecError("the cache never outweighs the weights")
+    lo = hi // 2  # not cache_wins(lo) unless lo == 0
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if cache_wins(mid) else (mid, hi)
+    return hi
