@@ -481,7 +481,7 @@ def weight_bytes(spec, dtype: Optional[str] = None) -> WeightBytes:
 
     ``modules_to_not_convert`` (transformers' rule: a regex from the start of a module name up to a
     boundary, or a suffix) and ``ignore`` lists are honoured, under the names other families give the same
-    modules (:data:`_SYNONYMS`). Every layer Linear is converted unless listed; the router and the LM head
+    modules (``_SYNONYMS`` in the source). Every layer Linear is converted unless listed; the router and the LM head
     are converted only by compressed-tensors and ModelOpt, and only when their targets reach them.
 
     A scheme not listed, or an option of one that is not modelled (AWQ's gemv packing, ModelOpt's mixed
@@ -629,7 +629,7 @@ class _FP8(_Quantized):
             raise SpecError(f"fp8 quantization_config: activation_scheme {act!r} is not dynamic or static")
         self.static = act == "static"
         self.skip = _list(q, "modules_to_not_convert", "fp8 quantization_config")
-        self.label = f"fp8 ({fmt}, {'x'.join(map(str, self.block)) + ' blocks' if self.block else 'per tensor'})"
+        self.label = f"fp8 {fmt}, {'x'.join(map(str, self.block)) + ' blocks' if self.block else 'one scale a tensor'}"
 
     def linear_bytes(self, out, d_in, t):
         scales = math.ceil(out / self.block[0]) * math.ceil(d_in / self.block[1]) if self.block else 1
@@ -642,7 +642,7 @@ class _MXFP4(_Quantized):
     def __init__(self, q, base):
         super().__init__(q, base, default_dtype="bfloat16")
         self.skip = _list(q, "modules_to_not_convert", "mxfp4 quantization_config")
-        self.label = "mxfp4 experts (32-value blocks, 8-bit scales)"
+        self.label = f"mxfp4 experts, rest {self.dtype}"
 
     def converts(self, t):
         return t.role == "linear" and t.expert
