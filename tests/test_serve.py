@@ -81,8 +81,9 @@ def _hybrid():
     la = LinearAttention(heads=4, key_heads=2, key_dim=16, value_dim=8, conv=4)
     ssm = Mamba2(heads=4, head_dim=8, state=16, groups=2, conv=4)
     ffn = FFN(128)
-    blocks = [Run(Block(gqa, ffn), 2), Run(Block(gqa.with_(window=100), ffn), 3), Run(Block(gqa.with_(chunk=256), ffn), 1),
-              Run(Block(mla, ffn), 2), Run(Block(la, ffn), 4), Run(Block(ssm, None), 5), Run(Block(None, ffn), 1)]
+    blocks = [Run(Block(gqa, ffn), 2), Run(Block(gqa.with_(window=100), ffn), 3),
+              Run(Block(gqa.with_(chunk=256), ffn), 1), Run(Block(mla, ffn), 2), Run(Block(la, ffn), 4),
+              Run(Block(ssm, None), 5), Run(Block(None, ffn), 1)]
     return Transformer(vocab=100, width=D, blocks=blocks, storage=Storage("bfloat16"))
 
 
@@ -106,7 +107,8 @@ def test_kv_cache_every_kind_of_layer(T_):
 def test_kv_cache_encoder_decoder_and_encoder_only():
     s = catalog.spec("switch-base-128")  # T5: 12 + 12 layers, 12 heads of 64, cross-attention in the decoder
     kv = kv_cache_bytes(s, 512, encoder_len=100)
-    assert kv.breakdown == {"attention": 12 * 512 * 2 * 12 * 64 * BF16, "cross_attention": 12 * 100 * 2 * 12 * 64 * BF16}
+    assert kv.breakdown == {"attention": 12 * 512 * 2 * 12 * 64 * BF16,
+                            "cross_attention": 12 * 100 * 2 * 12 * 64 * BF16}
     encoder_only = Transformer(vocab=50, width=16, blocks=(), encoder=[Run(Block(Attention(2, 2, 8), FFN(32)), 3)])
     assert kv_cache_bytes(encoder_only, 512).total == 0
     with pytest.raises(SpecError, match="does not decode"):
@@ -185,7 +187,8 @@ def hybrids(draw):
                      bias=draw(st.booleans())), None]
     shared = draw(st.booleans())
     moe = MoE(experts=draw(small(2, 6)), top_k=1, expert=FFN(8, gated=draw(st.booleans()), bias=draw(st.booleans())),
-              shared=FFN(16) if shared else None, shared_experts=int(shared), shared_gate=shared and draw(st.booleans()),
+              shared=FFN(16) if shared else None, shared_experts=int(shared),
+              shared_gate=shared and draw(st.booleans()),
               latent=draw(st.sampled_from((0, 4))), router_bias=draw(st.booleans()),
               score_bias=draw(st.booleans()))
     ffns = [FFN(16, bias=draw(st.booleans())), moe, None]
@@ -359,7 +362,8 @@ def test_nvfp4_and_modelopt_fp8():
     assert w.by_format["nvfp4 values"] == numel // 2 and w.by_format["float8_e4m3fn scales"] == numel // 16
     assert w.by_format["float32 scales"] == 8 * n  # weight_scale_2 and input_scale per Linear
     head = 1000 * 256
-    excl = weight_bytes(_tiny(_q(quant_method="modelopt", quant_algo="NVFP4", exclude_modules=["lm_head", "*mlp.gate"])))
+    excl = weight_bytes(_tiny(_q(quant_method="modelopt", quant_algo="NVFP4",
+                                 exclude_modules=["lm_head", "*mlp.gate"])))
     assert excl.by_format["nvfp4 values"] == (numel - head - 4 * 256) // 2
     fp8 = weight_bytes(_tiny(_q(quant_method="modelopt", quant_algo="FP8")))
     assert fp8.by_format["float8_e4m3fn"] == numel and fp8.by_format["float32 scales"] == 8 * n
@@ -442,7 +446,8 @@ def test_accelerator_table_has_sources():
     assert {"h100", "h200", "b200", "mi300x"} <= set(ACCELERATORS)
     for a in ACCELERATORS.values():
         assert a.sources and all(len(s) > 40 for s in a.sources)
-        assert set(a.peak) == {"bfloat16", "float8"} and a.peak["float8"] == pytest.approx(2 * a.peak["bfloat16"], rel=1e-4)
+        assert set(a.peak) == {"bfloat16", "float8"}
+        assert a.peak["float8"] == pytest.approx(2 * a.peak["bfloat16"], rel=1e-4)
         assert 5e10 < a.memory < 3e11 and 1e12 < a.bandwidth < 1e13
     assert accelerator("H100") is accelerator("h100-sxm") is ACCELERATORS["h100"]
     with pytest.raises(SpecError, match=r"unknown hardware 'h1000' \(did you mean 'h100'"):

@@ -101,7 +101,8 @@ def _parser() -> _Parser:
     v.add_argument("--batch", type=_positive_int, default=1, metavar="B", help="sequences decoded at once (default: 1)")
     v.add_argument("--seq-len", type=_seq_len, default=4096, metavar="T",
                    help="tokens per sequence: the decode step's context and the prompt prefilled (default: 4096)")
-    v.add_argument("--kv-dtype", default="bfloat16", metavar="D", help="the KV cache's element type (default: bfloat16)")
+    v.add_argument("--kv-dtype", default="bfloat16", metavar="D",
+                   help="the KV cache's element type (default: bfloat16)")
     v.add_argument("--mla", choices=("latent", "expanded"), default="latent",
                    help="how MLA layers cache: their latent (default; MLA engines) or expanded keys and values")
     v.add_argument("--compute", choices=("bfloat16", "float8"), default=None,

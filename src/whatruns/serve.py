@@ -32,9 +32,11 @@ from .count import (attention_params, attention_projection_flops, attention_scor
 from .spec import (BOUNDS, FFN, Attention, Block, EmbeddingModel, LinearAttention, Mamba2, MoE, Norm,
                    SpecError, Transformer, _positive)
 
-__all__ = ["Tensor", "weight_tensors", "WeightBytes", "weight_bytes", "KVCache", "kv_cache_bytes",
-           "Accelerator", "ACCELERATORS", "accelerator", "Step", "decode_step", "prefill", "memory_needed",
-           "max_batch", "max_context", "check_fits", "devices_needed", "kv_crossover", "DTYPE_BYTES", "SCHEMES"]
+__all__ = ["Tensor", "weight_tensors", "WeightBytes", "weight_bytes", "KVCache", "KV_KINDS", "kv_cache_bytes",
+           "cached_tokens", "attention_cache_elements", "linear_attention_state", "mamba2_state", "Accelerator",
+           "ACCELERATORS", "accelerator", "Step", "decode_flops", "decode_step", "prefill", "memory_needed",
+           "max_batch", "max_context", "check_fits", "devices_needed", "kv_crossover", "dtype_bytes", "DTYPE_BYTES",
+           "SCHEMES"]
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float8_e4m3fn": 1, "float8_e5m2": 1, "float8": 1,
                "fp8": 1, "int8": 1}
@@ -445,7 +447,7 @@ def weight_bytes(spec, dtype: Optional[str] = None) -> WeightBytes:
     per-tensor metadata included (what a ``model.safetensors.index.json`` calls ``total_size``).
 
     The format comes from ``spec.storage`` (a config's ``torch_dtype`` / ``dtype`` and ``quantization_config``,
-    :func:`whatruns.hf.storage`), or, with ``dtype``, every tensor in that dtype (the "bf16 habit":
+    ``whatruns.hf.storage``), or, with ``dtype``, every tensor in that dtype (the "bf16 habit":
     ``weight_bytes(spec, "bfloat16")``). What each scheme stores, per Linear weight of ``out`` x ``in``
     (tensors the scheme does not convert stay in the checkpoint's dtype):
 
@@ -1157,10 +1159,11 @@ def _last_token_keys(a: Attention, T: int) -> int:
 def decode_flops(spec, context: int, mla: str = "latent") -> float:
     """Forward FLOPs of one decode step for one sequence whose last token is token ``context``: every
     decoder layer's projections and FFN (an MoE's k experts and router), its attention over the keys that
-    token sees (:func:`_last_token_keys`), cross-attention's query and output over ``context`` encoder
-    positions, and the LM head. With ``mla="latent"`` an MLA layer attends in its latent space (weight
-    absorption: 2 x heads x (kv_lora_rank + rope_head_dim) for a score and 2 x heads x kv_lora_rank for the
-    value part, per key; the absorbed projections cost what kv_b_proj would); ``"expanded"``, as MHA."""
+    token sees (all of them, its window, its chunk so far, or the indexer's top_k), cross-attention's query
+    and output over ``context`` encoder positions, and the LM head. With ``mla="latent"`` an MLA layer
+    attends in its latent space (weight absorption: 2 x heads x (kv_lora_rank + rope_head_dim) for a score
+    and 2 x heads x kv_lora_rank for the value part, per key; the absorbed projections cost what kv_b_proj
+    would); ``"expanded"``, as MHA."""
     s = _decoder(spec)
     D = s.width
     total = 2 * D * s.vocab + (2 * D * D if s.head_transform else 0)
