@@ -141,7 +141,7 @@ BAD_CONFIGS = {
     "JSON not an object": ([1, 2, 3], "expected a JSON object"),
     "not UTF-8": (b"\xff\xfe{\x00", "cannot read"),
     "no model_type": ({"hidden_size": 4096}, "model_type"),
-    "unknown model_type": (_mixtral(model_type="bert"), "unknown model_type 'bert'"),
+    "unknown model_type": (_mixtral(model_type="rwkv"), "unknown model_type 'rwkv'"),
     "size missing": (_mixtral(hidden_size=KeyError), "hidden_size is missing"),
     "size a string": (_mixtral(hidden_size="4096"), "must be an integer"),
     "size a float": (_mixtral(hidden_size=4096.0), "must be an integer"),

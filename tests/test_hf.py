@@ -521,7 +521,7 @@ def test_no_model_type():
     assert "no model_type" in msg and "llama" in msg and "switch_transformers" in msg
 
 
-@pytest.mark.parametrize("model_type", ["bert", "", None, 3, ["llama"]])
+@pytest.mark.parametrize("model_type", ["rwkv", "", None, 3, ["llama"]])
 def test_unknown_model_type(model_type):
     msg = _error({**LLAMA, "model_type": model_type})
     assert "unknown model_type" in msg and ", ".join(sorted(SUPPORTED)) in msg

@@ -31,7 +31,7 @@ from typing import Dict
 from .spec import (FFN, Attention, Block, EmbeddingModel, LinearAttention, Mamba2, MoE, SpecError, Transformer,
                    _positive)
 
-COMPONENTS = ("embedding", "attention", "linear_attention", "ssm", "dense_ffn", "routed_experts",
+COMPONENTS = ("embedding", "per_layer_input", "attention", "linear_attention", "ssm", "dense_ffn", "routed_experts",
               "shared_experts", "router", "norms", "head", "mlp", "interaction")
 
 MAX_PARAMS = 10 ** 16
@@ -139,10 +139,12 @@ def ffn_flops(D: int, ffn: FFN) -> int:
 
 
 def attention_params(D: int, a: Attention) -> int:
-    """Parameters of one self-attention layer: projections (an output gate doubles the query
-    projection), MLA's latents and their norms, QK-norm, sinks, and a sparse-attention indexer."""
+    """Parameters of one self-attention layer: projections (an output gate per channel doubles the query
+    projection, one per head adds D x H; values taken from the keys drop the value projection; keys and
+    values shared from an earlier layer drop both and the key norm), MLA's latents and their norms,
+    QK-norm, sinks, and a sparse-attention indexer."""
     H, K, dh, dv = a.heads, a.kv_heads, a.head_dim, a.v_head_dim
-    q_out = H * dh * (2 if a.gate else 1)
+    q_out = H * dh * (2 if a.gate == "channel" else 1)
     if a.mla:
         nope = dh - a.rope_head_dim
         if a.q_lora_rank:
@@ -153,12 +155,16 @@ def attention_params(D: int, a: Attention) -> int:
               + linear_params(a.kv_lora_rank, H * (nope + dv)))
         n = q + kv
     else:
-        n = linear_params(D, q_out, a.bias) + linear_params(D, K * dh, a.bias) + linear_params(D, K * dv, a.bias)
+        n = linear_params(D, q_out, a.bias)
+        if not a.kv_shared:
+            n += linear_params(D, K * dh, a.bias) + (0 if a.values_from_keys else linear_params(D, K * dv, a.bias))
     n += linear_params(H * dv, D, a.out_bias)
+    if a.gate == "head":
+        n += linear_params(D, H)
     if a.qk_norm == "head":
-        n += 2 * dh
+        n += dh if a.kv_shared else 2 * dh
     elif a.qk_norm == "full":
-        n += (H + K) * dh
+        n += H * dh if a.kv_shared else (H + K) * dh
     if a.sinks:
         n += H
     if a.indexer is not None:
@@ -170,23 +176,28 @@ def indexer_params(D: int, a: Attention) -> int:
     """Parameters of a DeepSeek Sparse Attention indexer: its queries from the query latent
     (q_lora_rank x Hi*di), one key (D x di) with a LayerNorm (weight and bias), a weight per head (D x Hi)."""
     i = a.indexer
+    if i.shared:  # reads the keys another layer's indexer picked
+        return 0
     return (linear_params(a.q_lora_rank, i.heads * i.head_dim) + linear_params(D, i.head_dim) + 2 * i.head_dim
             + linear_params(D, i.heads))
 
 
 def attention_projection_flops(D: int, a: Attention) -> int:
-    """Forward FLOPs per token of the q, k, v and output projections (not the scores); with an
-    indexer, its projections too."""
+    """Forward FLOPs per token of the projections (q, k, v, output, an output gate's; not the scores);
+    with an indexer, its projections too."""
     H, K, dh, dv = a.heads, a.kv_heads, a.head_dim, a.v_head_dim
-    q_out = H * dh * (2 if a.gate else 1)
+    q_out = H * dh * (2 if a.gate == "channel" else 1)
     if a.mla:
         nope = dh - a.rope_head_dim
         q = 2 * D * q_out if not a.q_lora_rank else 2 * (D * a.q_lora_rank + a.q_lora_rank * q_out)
         kv = 2 * (D * (a.kv_lora_rank + a.rope_head_dim) + a.kv_lora_rank * H * (nope + dv))
         n = q + kv + 2 * H * dv * D
     else:
-        n = 2 * D * (q_out + K * dh + K * dv) + 2 * H * dv * D
-    if a.indexer is not None:
+        kv = 0 if a.kv_shared else K * dh + (0 if a.values_from_keys else K * dv)
+        n = 2 * D * (q_out + kv) + 2 * H * dv * D
+    if a.gate == "head":
+        n += 2 * D * H
+    if a.indexer is not None and not a.indexer.shared:
         i = a.indexer
         n += 2 * (a.q_lora_rank * i.heads * i.head_dim + D * i.head_dim + D * i.heads)
     return n
@@ -235,7 +246,7 @@ def attention_flops(D: int, a: Attention, T: int, causal: bool = False) -> float
     """Forward FLOPs per token of one attention layer in a sequence of T tokens: projections, scores and
     values over :func:`attention_keys` keys, and an indexer's scores over every visible key."""
     n = attention_projection_flops(D, a) + attention_score_flops(a, attention_keys(a, T, causal))
-    if a.indexer is not None:
+    if a.indexer is not None and not a.indexer.shared:
         n += indexer_score_flops(a, mean_keys(T, causal))
     return n
 
@@ -302,7 +313,8 @@ def router_params(D: int, moe: MoE) -> int:
     """Parameters of one router: a D x E linear layer (plus E biases), and the E per-expert
     score biases when they are parameters (a buffer, ``score_bias_buffer``, counts nothing)."""
     score = moe.experts if (moe.score_bias and not moe.score_bias_buffer) else 0
-    return linear_params(D, moe.experts, moe.router_bias) + score
+    scale = (D + moe.experts) if moe.router_scale else 0  # Gemma 4: the input's scale and each expert's
+    return linear_params(D, moe.experts, moe.router_bias) + score + scale
 
 
 def shared_expert_params(D: int, moe: MoE) -> int:
@@ -450,6 +462,16 @@ def _count_transformer(s: Transformer, T: int, causal: bool) -> Count:
             parts["embedding"].add(rows * D, active=D)
     if s.embedding_norm:
         parts["norms"].add(norm)
+    tables = parts["embedding"].params + (0 if s.tied else emb_rows)  # the vocabulary-sized tables so far
+    if s.per_layer_input:  # Gemma 4: a table of L*P per token (one row read), projected from the embedding too
+        LP, P = s.layers * s.per_layer_input, s.per_layer_input
+        parts["embedding"].add(s.per_layer_vocab * LP, active=LP)
+        tables += s.per_layer_vocab * LP
+        ple = parts.setdefault("per_layer_input", Part())
+        ple.add(linear_params(D, LP) + P, flops=matmul_flops(1, D, LP))
+        # and in every layer: a gate D -> P and a projection P -> D, and a norm of D
+        ple.add(s.layers * 2 * D * P, flops=s.layers * 4 * D * P)
+        parts["norms"].add(s.layers * norm)
     for name, stack in s.stacks:
         if s.relative_buckets:  # one (buckets x H) table per stack, in its first layer
             first = stack[0].block.mixer
@@ -459,10 +481,10 @@ def _count_transformer(s: Transformer, T: int, causal: bool) -> Count:
         for run in stack:
             for k, p in block_parts(D, run.block, norm, T, causal and name == "decoder").items():
                 parts.setdefault(k, Part()).add(p.params * run.repeat, p.active * run.repeat, p.flops * run.repeat)
-    return _finish(parts, T)
+    return _finish(parts, T, embedding_params=tables)
 
 
-def _finish(parts: Dict[str, Part], T: int) -> Count:
+def _finish(parts: Dict[str, Part], T: int, embedding_params: int = None) -> Count:
     total = sum(p.params for p in parts.values())
     active = sum(p.active for p in parts.values())
     flops = sum(p.flops for p in parts.values())
@@ -470,7 +492,7 @@ def _finish(parts: Dict[str, Part], T: int) -> Count:
         p.active = _exact(p.active)
         p.flops = _exact(p.flops)
     return Count(total_params=total, active_params=_exact(active),
-                 embedding_params=parts["embedding"].params + parts.get("head", Part()).params,
+                 embedding_params=parts["embedding"].params if embedding_params is None else embedding_params,
                  flops_per_token=_exact(flops), seq_len=T, breakdown=parts)
 
 

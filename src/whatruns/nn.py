@@ -132,7 +132,7 @@ class SelfAttention(nn.Module):
         super().__init__()
         self.a, self.rotary = a, rotary
         H, K, dh, dv = a.heads, a.kv_heads, a.head_dim, a.v_head_dim
-        q_out = H * dh * (2 if a.gate else 1)
+        q_out = H * dh * (2 if a.gate == "channel" else 1)
         if a.mla:
             if a.q_lora_rank:
                 self.q_a = nn.Linear(D, a.q_lora_rank, bias=a.bias)
@@ -145,19 +145,21 @@ class SelfAttention(nn.Module):
             self.kv_b = nn.Linear(a.kv_lora_rank, H * (dh - a.rope_head_dim + dv), bias=False)
         else:
             self.q = nn.Linear(D, q_out, bias=a.bias)
-            self.k = nn.Linear(D, K * dh, bias=a.bias)
-            self.v = nn.Linear(D, K * dv, bias=a.bias)
+            self.k = nn.Linear(D, K * dh, bias=a.bias) if not a.kv_shared else None
+            self.v = nn.Linear(D, K * dv, bias=a.bias) if not (a.kv_shared or a.values_from_keys) else None
         self.o = nn.Linear(H * dv, D, bias=a.out_bias)
+        self.g = nn.Linear(D, H, bias=False) if a.gate == "head" else None
         norm_q, norm_k = {"head": (dh, dh), "full": (H * dh, K * dh)}.get(a.qk_norm, (0, 0))
+        norm_k = 0 if a.kv_shared else norm_k
         self.q_head_norm = nn.RMSNorm(norm_q, eps=1e-6) if norm_q else None
         self.k_head_norm = nn.RMSNorm(norm_k, eps=1e-6) if norm_k else None
         self.sinks = nn.Parameter(torch.zeros(H)) if a.sinks else None
-        self.indexer = Indexer(D, a) if a.indexer is not None else None
+        self.indexer = Indexer(D, a) if a.indexer is not None and not a.indexer.shared else None
 
     def heads(self, x, n, d):  # (B, T, n*d) -> (B, n, T, d)
         return x.view(x.shape[0], x.shape[1], n, d).transpose(1, 2)
 
-    def forward(self, x, source=None, mask=None, causal=False):
+    def forward(self, x, source=None, mask=None, causal=False, state=None):
         a = self.a
         H, K, dh, dv = a.heads, a.kv_heads, a.head_dim, a.v_head_dim
         B, T = x.shape[:2]
@@ -173,7 +175,7 @@ class SelfAttention(nn.Module):
         else:
             q = self.q(x)
         gate = None
-        if a.gate:  # each head's query and its gate, side by side
+        if a.gate == "channel":  # each head's query and its gate, side by side
             q, gate = q.view(B, T, H, 2 * dh).split([dh, dh], dim=-1)
             q, gate = q.reshape(B, T, H * dh), gate.reshape(B, T, H * dh)
         if a.mla:
@@ -186,26 +188,45 @@ class SelfAttention(nn.Module):
                 q_rope, k_rope = rotate(q_rope), rotate(k_rope)
             q = torch.cat([q_nope, q_rope], dim=-1)
             k = torch.cat([k_nope, k_rope.expand(-1, H, -1, -1)], dim=-1)
+        elif a.kv_shared:  # keys and values made by an earlier layer of this kind
+            if a.qk_norm == "full":
+                q = self.q_head_norm(q)
+            q = self.heads(q, H, dh)
+            if a.qk_norm == "head":
+                q = self.q_head_norm(q)
+            if rotary:
+                q = rotate(q)
+            k, v = state["kv"][a.kv_kind]
         else:
-            k, v = self.k(source), self.v(source)
+            k = self.k(source)
+            v = k if a.values_from_keys else self.v(source)
             if a.qk_norm == "full":
                 q, k = self.q_head_norm(q), self.k_head_norm(k)
             q, k, v = self.heads(q, H, dh), self.heads(k, K, dh), self.heads(v, K, dv)
-        if a.qk_norm == "head":
+        if a.qk_norm == "head" and not a.kv_shared:
             q, k = self.q_head_norm(q), self.k_head_norm(k)
-        if rotary and not a.mla:
+        if rotary and not a.mla and not a.kv_shared:
             q, k = rotate(q), rotate(k)
+        if state is not None and not a.kv_shared and not a.mla and source is x:
+            state.setdefault("kv", {})[a.kv_kind] = (k, v)  # for the layers that share them
         if self.indexer is not None:
             mask = self.indexer(x, q_latent, mask, causal)
+            if state is not None:
+                state["sparse_mask"] = mask  # for the shared layers that follow
+        elif a.indexer is not None:  # a shared layer: the keys the last indexer picked
+            mask = state["sparse_mask"]
         if self.sinks is not None:
             out = attend_with_sinks(q, k, v, self.sinks, mask, causal)
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None,
                                                  enable_gqa=K < H)
+        if self.g is not None:  # one gate per head
+            out = out * torch.sigmoid(self.g(x)).transpose(1, 2).unsqueeze(-1)
         out = out.transpose(1, 2).reshape(B, T, H * dv)
         if gate is not None:
             out = out * torch.sigmoid(gate)
         return self.o(out)
+
 
 
 class Indexer(nn.Module):
@@ -438,6 +459,9 @@ class MoELayer(nn.Module):
         self.m, self.strategy = m, strategy
         self.capacity_factor = capacity_factor if capacity_factor is not None else m.capacity_factor
         self.router = nn.Linear(D, m.experts, bias=m.router_bias)
+        if m.router_scale:  # Gemma 4: the router reads a scaled, normalised input; each expert has a scale
+            self.router_input_scale = nn.Parameter(torch.ones(D))
+            self.per_expert_scale = nn.Parameter(torch.ones(m.experts))
         # DeepSeek-V3's selection bias, set outside gradient descent: a parameter or a buffer, as the spec says
         if m.score_bias and getattr(m, "score_bias_buffer", False):
             self.register_buffer("score_bias", torch.zeros(m.experts))
@@ -458,7 +482,14 @@ class MoELayer(nn.Module):
     def route(self, x):
         """Each token's k experts ``idx`` (N, k), their weights ``w`` (N, k), and every expert's
         probability ``p`` (N, E) for the balance loss."""
-        m, logits = self.m, self.router(x)
+        m = self.m
+        if m.router_scale:
+            xr = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * self.router_input_scale * x.shape[-1] ** -0.5
+            logits = self.router(xr)
+        else:
+            logits = self.router(x)
+        if m.router == "sparsemixer":
+            return _sparsemixer(logits)
         scores = torch.sigmoid(logits) if m.router == "sigmoid_topk" else logits.softmax(dim=-1)
         choose = scores if self.score_bias is None else scores + self.score_bias  # selection only
         idx = choose.topk(m.top_k, dim=-1).indices
@@ -468,6 +499,8 @@ class MoELayer(nn.Module):
             w = scores.gather(1, idx)
             if m.router == "sigmoid_topk":
                 w = w / w.sum(dim=-1, keepdim=True)
+        if m.router_scale:
+            w = w * self.per_expert_scale[idx]
         p = scores / scores.sum(dim=-1, keepdim=True) if m.router == "sigmoid_topk" else scores
         return idx, w, p
 
@@ -587,6 +620,21 @@ class MoELayer(nn.Module):
         return torch.einsum("nec,ecd->nd", combine, out)
 
 
+def _sparsemixer(logits: torch.Tensor, eps: float = 0.01):
+    """PhiMoE's router at inference (sparsemixer): the best expert, weighted by a softmax over the logits
+    within a relative distance 2*eps of its logit; then, with it masked out, the best of the rest, the same
+    way. Returns (idx, w, p) like :meth:`MoELayer.route`, p the plain softmax."""
+    idx, w, masked = [], [], logits
+    for _ in range(2):
+        top = masked.max(dim=-1, keepdim=True)
+        near = (top.values - logits) / logits.abs().clamp(min=top.values) <= 2 * eps
+        weights = masked.masked_fill(~near, float("-inf")).softmax(dim=-1)
+        idx.append(top.indices)
+        w.append(weights.gather(1, top.indices))
+        masked = masked.scatter(1, top.indices, float("-inf"))
+    return torch.cat(idx, dim=1), torch.cat(w, dim=1), logits.softmax(dim=-1)
+
+
 def _can_deal_out(x: torch.Tensor) -> bool:
     """Whether the experts may run on threads of their own: on CPU, with more than one torch
     thread, and with no per-thread state the worker threads would not see -- gradients, autocast,
@@ -659,9 +707,12 @@ class Layer(nn.Module):
 
     def __init__(self, s: Transformer, b: Block, rotary: bool, strategy: str, capacity_factor):
         super().__init__()
-        D = s.width
+        D, P = s.width, s.per_layer_input
         self.block = b
-
+        if P:  # Gemma 4's per-layer input: gate D -> P, times this layer's input, projected back, normed
+            self.per_layer_gate = nn.Linear(D, P, bias=False)
+            self.per_layer_projection = nn.Linear(P, D, bias=False)
+            self.per_layer_norm = make_norm(s.norm, D)
         def norm():
             return make_norm(s.norm, D)
 
@@ -679,21 +730,26 @@ class Layer(nn.Module):
         elif isinstance(b.ffn, FFN):
             self.ffn_norm, self.ffn = norm(), FeedForward(D, b.ffn)
         self.post = nn.ModuleList(norm() for _ in range(b.sublayers)) if b.post_norms else None
+        # norms the spec counts beyond those (a layer whose type builds no mixer keeps its norm): held, unused
+        self.extra_norms = nn.ModuleList(norm() for _ in range(b.extra_norms)) if b.extra_norms else None
 
-    def forward(self, x, mask, causal, memory=None):
+    def forward(self, x, mask, causal, memory=None, state=None, per_layer=None):
         post = iter(self.post) if self.post is not None else None
 
         def residual(x, h):
             return x + (next(post)(h) if post is not None else h)
 
         if self.attn is not None:
-            x = residual(x, self.attn(self.attn_norm(x), mask=mask, causal=causal))
+            x = residual(x, self.attn(self.attn_norm(x), mask=mask, causal=causal, state=state))
         elif self.mixer is not None:
             x = residual(x, self.mixer(self.mixer_norm(x)))
         if self.cross is not None:
             x = residual(x, self.cross(self.cross_norm(x), source=memory))
         if self.ffn is not None:
             x = residual(x, self.ffn(self.ffn_norm(x)))
+        if per_layer is not None:
+            x = x + self.per_layer_norm(self.per_layer_projection(F.gelu(self.per_layer_gate(x), approximate="tanh")
+                                                                  * per_layer))
         return x
 
 
@@ -741,9 +797,10 @@ class Stack(nn.Module):
         m = torch.zeros(T, T).masked_fill(~allowed, float("-inf"))
         return (m if bias is None else bias + m).to(dtype)
 
-    def forward(self, x, memory=None):
-        for block, mask in zip(self.blocks, self.masks(x.shape[1], x.dtype)):
-            x = block(x, mask, self.decoder, memory)
+    def forward(self, x, memory=None, per_layer=None):
+        state = {}  # what one layer leaves for later ones: an indexer's choice of keys, keys and values to share
+        for i, (block, mask) in enumerate(zip(self.blocks, self.masks(x.shape[1], x.dtype))):
+            x = block(x, mask, self.decoder, memory, state, per_layer[:, :, i] if per_layer is not None else None)
         return self.norm(x) if self.norm is not None else x
 
 
@@ -764,6 +821,11 @@ class TransformerLM(nn.Module):
         self.head_transform = nn.Linear(s.width, s.width) if s.head_transform else None
         self.head_norm = make_norm(s.norm, s.width) if s.head_transform else None
         self.head_bias = nn.Parameter(torch.zeros(s.vocab)) if s.head_bias else None
+        P = s.per_layer_input
+        if P:  # Gemma 4's per-layer embeddings: a table of L x P per token, and a projection of the embedding
+            self.per_layer_embed = nn.Embedding(s.per_layer_vocab, s.layers * P)
+            self.per_layer_model_projection = nn.Linear(s.width, s.layers * P, bias=False)
+            self.per_layer_projection_norm = nn.RMSNorm(P, eps=1e-6)
         for mod in self.modules():
             if isinstance(mod, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(mod.weight, std=0.02)
@@ -780,9 +842,15 @@ class TransformerLM(nn.Module):
             x = x + self.token_types(torch.zeros_like(ids))
         if self.embed_norm is not None:
             x = self.embed_norm(x)
+        per_layer = None
+        if self.spec.per_layer_input:
+            L, P = self.spec.layers, self.spec.per_layer_input
+            projected = self.per_layer_projection_norm(
+                (self.per_layer_model_projection(x) * self.spec.width ** -0.5).view(*ids.shape, L, P))
+            per_layer = (projected + self.per_layer_embed(ids).view(*ids.shape, L, P) * P ** 0.5) * 2 ** -0.5
         h = self.encoder(x) if self.encoder is not None else None
         if self.decoder is not None:
-            h = self.decoder(x, h)
+            h = self.decoder(x, h, per_layer)
         if self.head_transform is not None:
             h = self.head_norm(F.gelu(self.head_transform(h)))
         logits = F.linear(h, self.embed.weight if self.head is None else self.head.weight)

@@ -170,16 +170,20 @@ class Indexer(_Part):
     """The lightning indexer of DeepSeek Sparse Attention (DeepSeek-V3.2, GLM-5): a small multi-head
     scorer (``heads`` heads of ``head_dim``, its queries from the MLA query latent, one shared key of
     ``head_dim`` with a LayerNorm, a per-head weight from the input) that picks, for each query, the
-    ``top_k`` keys the attention then reads. Needs MLA with a query latent (``q_lora_rank > 0``)."""
+    ``top_k`` keys the attention then reads. Needs MLA with a query latent (``q_lora_rank > 0``).
+    ``shared``: the layer has no indexer of its own and reads the keys the last indexer picked (GLM-5.2's
+    shared layers): no parameters, no scoring work, the same ``top_k`` keys per query."""
 
     heads: int
     head_dim: int
     top_k: int
+    shared: bool = False
 
     def __post_init__(self):
         _positive("Indexer", "index_heads", self.heads)
         _positive("Indexer", "head_dim", self.head_dim)
         _positive("Indexer", "index_top_k", self.top_k)
+        _flag("Indexer", "shared", self.shared)
 
 
 @dataclass(frozen=True)
@@ -204,7 +208,10 @@ class Attention(_Part):
     qk_norm: Optional[str] = None  # "head": RMSNorm weights of head_dim on q and on k (Qwen3, Gemma 3);
     # "full": over all heads, H*head_dim on q and K*head_dim on k (OLMoE, MiniMax-M2); None: no QK-norm
     sinks: bool = False  # one learned attention-sink logit per head (gpt-oss)
-    gate: bool = False  # a sigmoid output gate per query channel: q projection twice as wide (Qwen3-Next)
+    gate: Optional[str] = None  # a sigmoid output gate: "channel", per query channel from a q projection twice as
+    # wide (Qwen3-Next); "head", one per head from its own D x H projection (Step 3)
+    values_from_keys: bool = False  # no value projection: the values are the key projection (Gemma 4's full layers)
+    kv_shared: bool = False  # no key/value projections: reads an earlier layer's keys and values (Gemma 4)
     q_lora_rank: int = 0  # MLA: rank of the query compression (0: no compression)
     kv_lora_rank: int = 0  # MLA: rank of the key/value latent (0: not MLA)
     rope_head_dim: int = 0  # MLA: the decoupled rotary part of head_dim, shared across heads
@@ -222,9 +229,12 @@ class Attention(_Part):
         if self.v_head_dim is None:
             object.__setattr__(self, "v_head_dim", self.head_dim)
         _positive(o, "v_head_dim", self.v_head_dim)
-        for name in ("bias", "out_bias", "sinks", "gate"):
+        for name in ("bias", "out_bias", "sinks", "values_from_keys", "kv_shared"):
             _flag(o, name, getattr(self, name))
         _choice(o, "qk_norm", self.qk_norm, (None, "head", "full"))
+        _choice(o, "gate", self.gate, (None, "channel", "head"))
+        if self.values_from_keys and self.v_head_dim != self.head_dim:
+            raise SpecError(f"{o}: values taken from the keys have the keys' head_dim")
         for name in ("q_lora_rank", "kv_lora_rank", "rope_head_dim", "window", "chunk"):
             _positive(o, name, getattr(self, name), zero_ok=True)
         if self.window and self.chunk:
@@ -238,6 +248,8 @@ class Attention(_Part):
                 raise SpecError(f"{o}: MLA's rope_head_dim must be between 0 and head_dim ({self.head_dim})")
         elif self.q_lora_rank or self.rope_head_dim:
             raise SpecError(f"{o}: q_lora_rank and rope_head_dim need MLA (kv_lora_rank > 0)")
+        if (self.values_from_keys or self.kv_shared) and self.mla:
+            raise SpecError(f"{o}: values_from_keys and kv_shared are not for MLA")
         if self.indexer is not None:
             if not isinstance(self.indexer, Indexer):
                 raise SpecError(f"{o}: indexer must be an Indexer or None")
@@ -254,6 +266,12 @@ class Attention(_Part):
         if self.mla:
             return "mla"
         return "mha" if self.kv_heads == self.heads else ("mqa" if self.kv_heads == 1 else "gqa")
+
+    @property
+    def kv_kind(self) -> tuple:
+        """What a layer's keys and values are like -- the keys they cover and their shapes: a layer with
+        ``kv_shared`` reads those of the last earlier layer of the same kind."""
+        return (self.window, self.chunk, self.kv_heads, self.head_dim, self.v_head_dim)
 
     @property
     def shape(self) -> "Attention":
@@ -374,7 +392,8 @@ class FFN(_Part):
 # softmax_topk: softmax over all experts, keep the top k (Switch, GShard, DeepSeek-V2, Qwen-MoE without renorm)
 # topk_softmax: keep the top k logits, softmax over them (Mixtral, Qwen3-MoE, DBRX, gpt-oss)
 # sigmoid_topk: sigmoid scores, top k, renormalised (DeepSeek-V3, Llama 4 without renorm)
-ROUTERS = ("softmax_topk", "topk_softmax", "sigmoid_topk")
+# sparsemixer: PhiMoE's two experts, each weighted by a softmax over the logits near it (top_k must be 2)
+ROUTERS = ("softmax_topk", "topk_softmax", "sigmoid_topk", "sparsemixer")
 
 
 @dataclass(frozen=True)
@@ -403,6 +422,7 @@ class MoE(_Part):
     capacity_factor: Optional[float] = None  # None: dropless
     latent: int = 0  # width the routed experts work in (0: the model's width)
     latent_bias: bool = False  # biases on the two latent projections
+    router_scale: bool = False  # a learned scale on the router's input (D) and one per expert (E) (Gemma 4)
 
     kind = "moe"
 
@@ -420,7 +440,7 @@ class MoE(_Part):
         _positive(o, "latent", self.latent, zero_ok=True)
         if (self.shared is None) != (self.shared_experts == 0):
             raise SpecError(f"{o}: give shared (the fused shared FFN) and shared_experts (S) together")
-        for name in ("shared_gate", "router_bias", "score_bias", "score_bias_buffer", "latent_bias"):
+        for name in ("shared_gate", "router_bias", "score_bias", "score_bias_buffer", "latent_bias", "router_scale"):
             _flag(o, name, getattr(self, name))
         if self.score_bias_buffer and not self.score_bias:
             raise SpecError(f"{o}: score_bias_buffer needs score_bias")
@@ -429,6 +449,8 @@ class MoE(_Part):
         if self.latent_bias and not self.latent:
             raise SpecError(f"{o}: latent_bias needs a latent width")
         _choice(o, "router", self.router, ROUTERS)
+        if self.router == "sparsemixer" and self.top_k != 2:
+            raise SpecError(f"{o}: the sparsemixer router picks exactly 2 experts, not top_k {self.top_k}")
         if self.capacity_factor is not None:
             if isinstance(self.capacity_factor, bool) or not isinstance(self.capacity_factor, (int, float)) \
                     or not self.capacity_factor > 0:
@@ -446,12 +468,15 @@ class Block(_Part):
     """One layer: a ``mixer`` (or None), then, in a decoder of an encoder-decoder, ``cross``-attention to
     the encoder's output, then an ``ffn`` (or None). Each sublayer has its own norm before it (pre-norm;
     BERT normalises after, which counts the same); ``post_norms`` adds a second norm after each sublayer
-    (Gemma 2 and 3: four norms per layer)."""
+    (Gemma 2 and 3: four norms per layer); ``extra_norms`` counts norms of D the layer holds beyond those
+    (Qwen3-Next's layers whose type builds no mixer keep its norm; Gemma 4's MoE layers norm their dense and
+    expert branches apart)."""
 
     mixer: Optional[Mixer] = None
     ffn: Optional[Union[FFN, MoE]] = None
     cross: Optional[Attention] = None
     post_norms: bool = False
+    extra_norms: int = 0
 
     def __post_init__(self):
         if self.mixer is not None and not isinstance(self.mixer, MIXERS):
@@ -461,6 +486,7 @@ class Block(_Part):
         if self.cross is not None and not isinstance(self.cross, Attention):
             raise SpecError("Block: cross must be an Attention or None")
         _flag("Block", "post_norms", self.post_norms)
+        _positive("Block", "extra_norms", self.extra_norms, zero_ok=True)
         if self.mixer is None and self.ffn is None and self.cross is None:
             raise SpecError("Block: a layer needs a mixer, an ffn or both")
 
@@ -471,8 +497,8 @@ class Block(_Part):
 
     @property
     def norms(self) -> int:
-        """Norms in the block: one per sublayer, two with ``post_norms``."""
-        return self.sublayers * (2 if self.post_norms else 1)
+        """Norms in the block: one per sublayer, two with ``post_norms``, and the ``extra_norms``."""
+        return self.sublayers * (2 if self.post_norms else 1) + self.extra_norms
 
     def describe(self) -> str:
         """One short line, e.g. 'attention(gqa, window 4096) + moe(E=8, k=2)'."""
@@ -590,6 +616,8 @@ class Transformer(_Part):
     final_norm: bool  # a norm after each stack's last layer (all but BERT)
     head_transform: bool  # BERT's LM head: a D x D dense layer with bias, activation and norm first
     head_bias: bool  # a bias of V on the LM head
+    per_layer_input: int  # Gemma 4's per-layer embeddings: P features per layer and token (0: none)
+    per_layer_vocab: int  # rows of the per-layer embedding table
     storage: Storage  # how its checkpoint stores the weights (serving bytes, not counts)
     name: str
 
@@ -599,7 +627,7 @@ class Transformer(_Part):
                  relative_buckets: int = 0, encoder_layers: int = 0, encoder_moe_layers=(),
                  sliding_window: int = 0, sliding_layers=(), token_types: int = 0, embedding_norm: bool = False,
                  final_norm: bool = True, head_transform: bool = False, head_bias: bool = False,
-                 storage: Storage = None, name: str = ""):
+                 per_layer_input: int = 0, per_layer_vocab: int = 0, storage: Storage = None, name: str = ""):
         o = f"Transformer {name!r}" if name else "Transformer"
         shorthand = layers is not None or attention is not None or ffn is not None or moe is not None
         if blocks is not None:
@@ -636,6 +664,7 @@ class Transformer(_Part):
                       norm=Norm() if norm is None else norm, tied=tied, positions=positions,
                       relative_buckets=relative_buckets, token_types=token_types, embedding_norm=embedding_norm,
                       final_norm=final_norm, head_transform=head_transform, head_bias=head_bias,
+                      per_layer_input=per_layer_input, per_layer_vocab=per_layer_vocab,
                       storage=Storage() if storage is None else storage, name=name)
         for k, v in values.items():
             object.__setattr__(self, k, v)
@@ -645,8 +674,11 @@ class Transformer(_Part):
         o = f"Transformer {self.name!r}" if self.name else "Transformer"
         _positive(o, "vocab", self.vocab)
         _positive(o, "width", self.width)
-        for name in ("positions", "relative_buckets", "token_types"):
+        for name in ("positions", "relative_buckets", "token_types", "per_layer_input"):
             _positive(o, name, getattr(self, name), zero_ok=True)
+        _positive(o, "per_layer_vocab", self.per_layer_vocab, zero_ok=True)
+        if bool(self.per_layer_input) != bool(self.per_layer_vocab):
+            raise SpecError(f"{o}: give per_layer_input and per_layer_vocab together")
         for name in ("tied", "embedding_norm", "final_norm", "head_transform", "head_bias"):
             _flag(o, name, getattr(self, name))
         if not isinstance(self.norm, Norm):
@@ -668,6 +700,22 @@ class Transformer(_Part):
             raise SpecError(f"{o}: cross-attention needs both an encoder and a decoder")
         if any(r.block.cross is not None for r in self.encoder):
             raise SpecError(f"{o}: encoder layers have no cross-attention")
+        if self.per_layer_input and self.encoder:
+            raise SpecError(f"{o}: per-layer embeddings are for a decoder alone")
+        for _, stack in self.stacks:
+            made = set()
+            for r in stack:
+                m = r.block.mixer
+                if isinstance(m, Attention) and not m.mla:
+                    if m.kv_shared and m.kv_kind not in made:
+                        raise SpecError(f"{o}: a layer reading shared keys and values needs an earlier layer of "
+                                        "the same kind (window, chunk, heads, head sizes) that makes them")
+                    if not m.kv_shared:
+                        made.add(m.kv_kind)
+            first = next((r.block.mixer.indexer for r in stack if isinstance(r.block.mixer, Attention)
+                          and r.block.mixer.indexer is not None), None)
+            if first is not None and first.shared:
+                raise SpecError(f"{o}: a shared sparse-attention layer needs an indexer layer before it")
 
     # the stack, layer by layer
     @property
