@@ -176,10 +176,12 @@ def hybrids(draw):
     small = st.integers
     D = 8 * draw(small(1, 4))
     H = draw(st.sampled_from((2, 4)))
-    att = Attention(H, draw(st.sampled_from((1, H))), draw(small(2, 8)), bias=draw(st.booleans()),
+    dh = draw(small(2, 8))
+    att = Attention(H, draw(st.sampled_from((1, H))), dh, bias=draw(st.booleans()),
                     out_bias=draw(st.booleans()), qk_norm=draw(st.sampled_from((None, "head", "full"))),
-                    gate=draw(st.booleans()), sinks=draw(st.booleans()),
-                    window=draw(st.sampled_from((0, 16))))
+                    gate=draw(st.sampled_from((None, "channel", "head"))), sinks=draw(st.booleans()),
+                    values_from_keys=draw(st.booleans()), window=draw(st.sampled_from((0, 16))))
+    reader = att.with_(kv_shared=True, values_from_keys=False)  # reads the keys and values of an `att` layer
     mla = Attention(H, H, 10, v_head_dim=6, q_lora_rank=12, kv_lora_rank=9, rope_head_dim=4,
                     indexer=Indexer(2, 4, 8) if draw(st.booleans()) else None, chunk=draw(st.sampled_from((0, 32))))
     mixers = [att, mla, LinearAttention(4, 2, 4, 6, conv=draw(small(2, 4))),
@@ -190,21 +192,26 @@ def hybrids(draw):
               shared=FFN(16) if shared else None, shared_experts=int(shared),
               shared_gate=shared and draw(st.booleans()),
               latent=draw(st.sampled_from((0, 4))), router_bias=draw(st.booleans()),
-              score_bias=draw(st.booleans()))
+              score_bias=draw(st.booleans()), router_scale=draw(st.booleans()))
     ffns = [FFN(16, bias=draw(st.booleans())), moe, None]
-    blocks = []
-    for _ in range(draw(small(1, 4))):
-        m = draw(st.sampled_from(mixers))
+    blocks = [Run(Block(att, FFN(16)), 1)]  # the layer whose keys and values the readers share
+    for _ in range(draw(small(0, 4))):
+        m = draw(st.sampled_from(mixers + [reader]))
+        if m is mla and m.indexer is not None and draw(st.booleans()):  # and a layer reading its picks
+            blocks.append(Run(Block(m, FFN(16)), 1))
+            m = m.with_(indexer=m.indexer.with_(shared=True))
         f = draw(st.sampled_from(ffns if m is not None else ffns[:2]))
-        blocks.append(Run(Block(m, f, post_norms=draw(st.booleans())), draw(small(1, 3))))
+        blocks.append(Run(Block(m, f, post_norms=draw(st.booleans()), extra_norms=draw(small(0, 2))),
+                          draw(small(1, 3))))
     norm = draw(st.sampled_from((Norm(), Norm("layernorm", bias=True))))
     if draw(st.booleans()):  # an encoder alone, BERT's way
         enc = [Run(Block(att.with_(window=0), FFN(16)), draw(small(1, 2)))]
         return Transformer(vocab=draw(small(5, 50)), width=D, blocks=(), encoder=enc, norm=norm, tied=True,
                            positions=draw(small(0, 8)), token_types=draw(small(0, 2)), embedding_norm=True,
                            head_transform=draw(st.booleans()), head_bias=draw(st.booleans()))
+    P = draw(st.sampled_from((0, 4)))  # Gemma 4's per-layer embeddings
     return Transformer(vocab=draw(small(5, 50)), width=D, blocks=blocks, norm=norm, tied=draw(st.booleans()),
-                       head_bias=draw(st.booleans()))
+                       head_bias=draw(st.booleans()), per_layer_input=P, per_layer_vocab=draw(small(3, 9)) if P else 0)
 
 
 @SETTINGS
@@ -480,6 +487,24 @@ def test_decode_flops_count_the_keys_the_last_token_sees():
     assert decode_flops(d, T) - decode_flops(d, 1000) == 61 * latent * (T - 1000)
     expanded = 2 * 128 * (192 + 128)
     assert decode_flops(d, T, "expanded") - decode_flops(d, 1000, "expanded") == 61 * expanded * (T - 1000)
+
+
+@SETTINGS
+@given(spec=hybrids(), T_=st.integers(1, 40))
+def test_decode_flops_over_a_sequence_add_up_to_a_causal_forward_pass(spec, T_):
+    """Decoding tokens 1..T one by one does the work of one causal pass over T tokens, layer kind by layer kind
+    (windows, chunks, indexers, recurrent layers, per-layer inputs): the same formulas, read per position."""
+    if not spec.blocks:
+        return
+    total = sum(decode_flops(spec, t, mla="expanded") for t in range(1, T_ + 1))
+    assert total == pytest.approx(T_ * count(spec, T_, causal=True).flops_per_token, rel=1e-12)
+
+
+@pytest.mark.parametrize("name", ["mixtral-8x7b", "gpt-oss-120b", "deepseek-v3", "qwen3-235b-a22b"])
+def test_decode_flops_of_catalog_models_add_up_to_a_causal_pass(name):
+    s = catalog.spec(name)
+    total = sum(decode_flops(s, t, mla="expanded") for t in range(1, 301))
+    assert total == pytest.approx(300 * count(s, 300, causal=True).flops_per_token, rel=1e-12)
 
 
 def test_moe_advantage_shrinks_as_the_batch_touches_experts():

@@ -157,6 +157,16 @@ def weight_tensors(spec) -> Tuple[Tensor, ...]:
         add("model.token_type_embeddings.weight", (spec.token_types, D), "embedding")
     if spec.embedding_norm:
         _norm(add, "model.embedding_norm", spec.norm, D, "norms")
+    if spec.per_layer_input:  # Gemma 4: a table of L x P per token, a projection of the embedding to L x P, and
+        # in every decoder layer a gate D -> P, a projection P -> D and a norm of D
+        L, P = spec.layers, spec.per_layer_input
+        add("model.embed_tokens_per_layer.weight", (spec.per_layer_vocab, L * P), "embedding")
+        _linear(add, "model.per_layer_model_projection", D, L * P, False, "per_layer_input")
+        add("model.per_layer_projection_norm.weight", (P,), "other", "per_layer_input")
+        every = dict(stack="decoder", layers=(0, L))
+        _linear(add, "model.layers.{i}.per_layer_input_gate", D, P, False, "per_layer_input", **every)
+        _linear(add, "model.layers.{i}.per_layer_projection", P, D, False, "per_layer_input", **every)
+        _norm(add, "model.layers.{i}.post_per_layer_input_norm", spec.norm, D, "norms", **every)
     if not spec.tied:
         add("lm_head.weight", (V, D), "head", "head")
     if spec.head_bias:
@@ -219,13 +229,14 @@ def _block_tensors(add, p, D, b: Block, norm: Norm, where, cross_name):
         norms.append("post_attention_layernorm" if m is not None else "pre_feedforward_layernorm")
     if b.post_norms:
         norms += [f"post_{n}" for n in norms]
+    norms += [f"extra_layernorm_{j}" for j in range(b.extra_norms)]
     for n in norms:
         _norm(add, f"{p}.{n}", norm, D, "norms", **where)
 
 
 def _attention_tensors(add, p, D, a: Attention, where):
     H, K, dh, dv = a.heads, a.kv_heads, a.head_dim, a.v_head_dim
-    q_out = H * dh * (2 if a.gate else 1)
+    q_out = H * dh * (2 if a.gate == "channel" else 1)
     c = "attention"
     if a.mla:
         nope = dh - a.rope_head_dim
@@ -240,18 +251,24 @@ def _attention_tensors(add, p, D, a: Attention, where):
         _linear(add, f"{p}.kv_b_proj", a.kv_lora_rank, H * (nope + dv), False, c, **where)
     else:
         _linear(add, f"{p}.q_proj", D, q_out, a.bias, c, **where)
-        _linear(add, f"{p}.k_proj", D, K * dh, a.bias, c, **where)
-        _linear(add, f"{p}.v_proj", D, K * dv, a.bias, c, **where)
+        if not a.kv_shared:  # a layer that reads an earlier layer's keys and values makes none
+            _linear(add, f"{p}.k_proj", D, K * dh, a.bias, c, **where)
+            if not a.values_from_keys:
+                _linear(add, f"{p}.v_proj", D, K * dv, a.bias, c, **where)
     _linear(add, f"{p}.o_proj", H * dv, D, a.out_bias, c, **where)
+    if a.gate == "head":
+        _linear(add, f"{p}.g_proj", D, H, False, c, **where)
     if a.qk_norm == "head":
         add(f"{p}.q_norm.weight", (dh,), "other", c, **where)
-        add(f"{p}.k_norm.weight", (dh,), "other", c, **where)
+        if not a.kv_shared:
+            add(f"{p}.k_norm.weight", (dh,), "other", c, **where)
     elif a.qk_norm == "full":
         add(f"{p}.q_norm.weight", (H * dh,), "other", c, **where)
-        add(f"{p}.k_norm.weight", (K * dh,), "other", c, **where)
+        if not a.kv_shared:
+            add(f"{p}.k_norm.weight", (K * dh,), "other", c, **where)
     if a.sinks:
         add(f"{p}.sinks", (H,), "other", c, **where)
-    if a.indexer is not None:
+    if a.indexer is not None and not a.indexer.shared:
         i = a.indexer
         _linear(add, f"{p}.indexer.wq_b", a.q_lora_rank, i.heads * i.head_dim, False, c, **where)
         _linear(add, f"{p}.indexer.wk", D, i.head_dim, False, c, **where)
@@ -299,6 +316,9 @@ def _moe_tensors(add, p, D, f: MoE, where):
     if f.score_bias:
         add(f"{p}.gate.e_score_correction_bias", (f.experts,), "other", "router", buffer=f.score_bias_buffer,
             dtype="float32" if f.score_bias_buffer else None, **where)
+    if f.router_scale:  # Gemma 4: a scale on the router's input and one per expert
+        add(f"{p}.gate.scale", (D,), "other", "router", **where)
+        add(f"{p}.gate.per_expert_scale", (f.experts,), "other", "router", **where)
     if f.latent:
         _linear(add, f"{p}.fc1_latent_proj", D, f.latent, f.latent_bias, "routed_experts", **where)
         _linear(add, f"{p}.fc2_latent_proj", f.latent, D, f.latent_bias, "routed_experts", **where)
@@ -915,16 +935,21 @@ def attention_cache_elements(a: Attention, T: int, mla: str = "latent") -> Dict[
     kv_heads x (head_dim + v_head_dim) per position kept (:func:`cached_tokens`); MLA, its latent of
     kv_lora_rank + rope_head_dim per position (``mla="latent"``) or its expanded keys and values of
     heads x (head_dim + v_head_dim) (``"expanded"``); an indexer, its key of index head_dim per position
-    (every position: the indexer scores all of them)."""
+    (every position: the indexer scores all of them). A layer that reads an earlier layer's keys and values
+    (``kv_shared``, Gemma 4) or the keys an earlier indexer picked (a shared indexer) keeps nothing of its
+    own. Values taken from the key projection (``values_from_keys``) are still cached beside the keys: the
+    keys pass a norm and rotary embedding, the values do not."""
     n = cached_tokens(a, T)
     kind = "sliding" if a.window else "chunked" if a.chunk else "attention"
     out = {}
+    if a.kv_shared:  # it reads the cache of the last earlier layer of its kind
+        return out
     if a.mla:
         per = a.kv_lora_rank + a.rope_head_dim if mla == "latent" else a.heads * (a.head_dim + a.v_head_dim)
         out["mla"] = n * per
     else:
         out[kind] = n * a.kv_heads * (a.head_dim + a.v_head_dim)
-    if a.indexer is not None:
+    if a.indexer is not None and not a.indexer.shared:
         out["indexer"] = T * a.indexer.head_dim
     return out
 
@@ -1167,6 +1192,8 @@ def decode_flops(spec, context: int, mla: str = "latent") -> float:
     s = _decoder(spec)
     D = s.width
     total = 2 * D * s.vocab + (2 * D * D if s.head_transform else 0)
+    if s.per_layer_input:  # Gemma 4: the embedding projected to L x P, then a gate and a projection per layer
+        total += 2 * D * s.layers * s.per_layer_input + s.layers * 4 * D * s.per_layer_input
     for run in s.blocks:
         b, n = run.block, 0
         m = b.mixer
@@ -1177,13 +1204,14 @@ def decode_flops(spec, context: int, mla: str = "latent") -> float:
                 n += 2 * m.heads * keys * (2 * m.kv_lora_rank + m.rope_head_dim)
             else:
                 n += attention_score_flops(m, keys)
-            if m.indexer is not None:
+            if m.indexer is not None and not m.indexer.shared:
                 n += indexer_score_flops(m, context)
         elif m is not None:
             n += mixer_flops(D, m, context)
         if b.cross is not None:
             c = b.cross
-            n += 2 * D * c.heads * c.head_dim * (2 if c.gate else 1) + 2 * c.heads * c.v_head_dim * D
+            n += 2 * D * c.heads * c.head_dim * (2 if c.gate == "channel" else 1) + 2 * c.heads * c.v_head_dim * D
+            n += 2 * D * c.heads if c.gate == "head" else 0
             n += attention_score_flops(c, context)
         if isinstance(b.ffn, FFN):
             n += ffn_flops(D, b.ffn)
