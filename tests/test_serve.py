@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from test_cli import assert_one_line_error, run
+from test_hf import GENERATORS as HF_GENERATORS
 from test_nn import FAMILIES
 from test_nn import transformers as nn_transformers
 from whatruns import catalog, count, load
@@ -166,6 +167,20 @@ SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[Healt
 @given(data=st.data())
 def test_tensors_of_random_specs_add_up_to_count(family, data):
     _check_tensors(data.draw(nn_transformers(family=family)))
+
+
+@pytest.mark.parametrize("model_type", sorted(HF_GENERATORS))
+def test_tensors_of_random_configs_of_every_model_type_add_up_to_count(model_type):
+    """test_hf's random configs of every model type whatruns reads, loaded as specs."""
+    @settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(HF_GENERATORS[model_type])
+    def run(cfg):
+        try:
+            spec = load(cfg)
+        except SpecError:  # a generated config whatruns refuses, as it should (test_hf checks which)
+            return
+        _check_tensors(spec)
+    run()
 
 
 @st.composite
