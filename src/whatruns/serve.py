@@ -64,6 +64,11 @@ def dtype_bytes(dtype: Union[str, int], what: str = "dtype") -> int:
     raise SpecError(f"{what} must be a dtype name or a number of bytes, got {dtype!r}")
 
 
+def _a(obj) -> str:
+    name = type(obj).__name__
+    return f"{'an' if name[0] in 'AEIOU' else 'a'} {name}"
+
+
 # ---------------------------------------------------------------------------------------------
 # the tensors a checkpoint stores
 
@@ -142,7 +147,7 @@ def weight_tensors(spec) -> Tuple[Tensor, ...]:
     if isinstance(spec, EmbeddingModel):
         return _dlrm_tensors(spec)
     if not isinstance(spec, Transformer):
-        raise SpecError(f"cannot list the tensors of a {type(spec).__name__}; expected a Transformer or an "
+        raise SpecError(f"cannot list the tensors of {_a(spec)}; expected a Transformer or an "
                         "EmbeddingModel")
     out: List[Tensor] = []
     D, V = spec.width, spec.vocab
@@ -565,7 +570,8 @@ def _scheme(q: Optional[dict], base: Optional[str]):
     if not q:
         if base is None:
             raise SpecError("the config names no torch_dtype and no quantization_config, so the stored bytes "
-                            "are unknown: give a dtype (e.g. weight_bytes(spec, 'bfloat16'))")
+                            "are unknown: name a dtype (weight_bytes(spec, 'bfloat16'); on the command line, "
+                            "--weight-dtype)")
         return _Plain(base)
     method = q.get("quant_method")
     if not isinstance(method, str):
@@ -985,7 +991,7 @@ def kv_cache_bytes(spec, seq_len: int, batch: int = 1, dtype: Union[str, int] = 
     tensors (an fp8 cache with per-tensor scales adds a few bytes per layer); recurrent states in the
     cache's dtype (engines often keep them in float32: pass ``dtype="float32"`` to see that)."""
     if not isinstance(spec, Transformer):
-        raise SpecError(f"a {type(spec).__name__} keeps no KV cache; expected a Transformer")
+        raise SpecError(f"{_a(spec)} keeps no KV cache; expected a Transformer")
     _positive("kv_cache_bytes", "seq_len", seq_len)
     _positive("kv_cache_bytes", "batch", batch)
     if encoder_len is not None:
@@ -1159,12 +1165,18 @@ def _compute_dtype(spec, compute: Optional[str]) -> str:
     return "bfloat16"
 
 
-def _decoder(spec) -> Transformer:
+def _decoder(spec, context: Optional[int] = None) -> Transformer:
     if not isinstance(spec, Transformer):
-        raise SpecError(f"a {type(spec).__name__} does not decode; expected a Transformer")
+        raise SpecError(f"{_a(spec)} does not decode; expected a Transformer")
     if not spec.blocks:
         raise SpecError("an encoder-only model does not decode tokens: it has no decoder")
+    _check_positions(spec, context)
     return spec
+
+
+def _check_positions(spec: Transformer, tokens: Optional[int]) -> None:
+    if tokens is not None and spec.positions and tokens > spec.positions:
+        raise SpecError(f"{tokens:,} tokens are more than the model's {spec.positions:,} learned positions")
 
 
 def _last_token_keys(a: Attention, T: int) -> int:
@@ -1266,7 +1278,7 @@ def decode_step(spec, hardware="h100", batch: int = 1, context: int = 4096, *, k
     are not counted; weight-only formats (MXFP4 on Hopper, int4) compute in bf16 after dequantizing, at no
     cost; routing is uniform (a trained router's load is uneven, touching fewer experts); ``devices``
     share weights, cache, FLOPs and bandwidth perfectly (ideal tensor parallelism: no communication)."""
-    s = _decoder(spec)
+    s = _decoder(spec, context)
     _positive("decode_step", "batch", batch)
     _positive("decode_step", "seq_len", context)
     _positive("decode_step", "devices", devices)
@@ -1287,7 +1299,8 @@ def prefill(spec, hardware="h100", batch: int = 1, prompt: int = 4096, *, kv_dty
     cache written, ``kv_cache_bytes(spec, prompt, batch)``. The assumptions of :func:`decode_step` hold;
     also, attention's intermediate scores are never written to memory (a fused, flash-style kernel)."""
     if not isinstance(spec, Transformer):
-        raise SpecError(f"a {type(spec).__name__} has no prompt to prefill; expected a Transformer")
+        raise SpecError(f"{_a(spec)} has no prompt to prefill; expected a Transformer")
+    _check_positions(spec, prompt)
     _positive("prefill", "batch", batch)
     _positive("prefill", "seq_len", prompt)
     _positive("prefill", "devices", devices)
