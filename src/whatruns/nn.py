@@ -279,7 +279,9 @@ class SelfAttention(nn.Module):
     def heads(self, x, n, d):  # (B, T, n*d) -> (B, n, T, d)
         return x.view(x.shape[0], x.shape[1], n, d).transpose(1, 2)
 
-    def forward(self, x, source=None, mask=None, causal=False, state=None, positions=None):
+    def forward(self, x, source=None, mask=None, causal=False, state=None, positions=None, cache=None):
+        if cache is not None:
+            return self._step(x, positions, cache, state)
         a = self.a
         H, K, dh, dv = a.heads, a.kv_heads, a.head_dim, a.v_head_dim
         B, T = x.shape[:2]
@@ -352,6 +354,115 @@ class SelfAttention(nn.Module):
         return self.o(out)
 
 
+def _cached_attention(self, x, positions, cache, state):
+    """Attention of t new tokens at absolute ``positions`` (t,) over the cached keys and their own: the
+    cache (this layer's dict) grows by their keys and values -- K and V; MLA's normalised latent and rotated
+    rope key (attended in the latent space: the query's no-position part absorbed into the key
+    up-projection, the output expanded by the value one); an indexer's keys -- and keeps, for a sliding
+    window or chunks, only the last ``window`` / ``chunk`` positions (the bytes
+    :func:`whatruns.serve.kv_cache_bytes` counts). A layer sharing an earlier layer's keys and values
+    (``kv_shared``) keeps nothing of its own."""
+    a = self.a
+    H, K, dh, dv = a.heads, a.kv_heads, a.head_dim, a.v_head_dim
+    B, t = x.shape[:2]
+    qpos = positions
+    rotary = self.rotary
+    q_latent = None
+    if a.mla:
+        r, nope = a.rope_head_dim, dh - a.rope_head_dim
+        if a.q_lora_rank:
+            q_latent = self.q_norm(self.q_a(x))
+            q = self.q_b(q_latent)
+        else:
+            q = self.q(x)
+        q_nope, q_rope = self.heads(q, H, dh).split([nope, r], dim=-1)
+        latent, k_rope = self.kv_a(x).split([a.kv_lora_rank, r], dim=-1)
+        latent, k_rope = self.kv_norm(latent), k_rope.unsqueeze(1)
+        if rotary is not None:
+            q_rope, k_rope = rotary(q_rope, qpos, int(qpos[-1]) + 1), rotary(k_rope, qpos, int(qpos[-1]) + 1)
+        new = {"latent": latent, "k_rope": k_rope[:, 0]}
+    else:
+        q = self.q(x)
+        gate = None
+        if a.gate == "channel":
+            q, gate = q.view(B, t, H, 2 * dh).split([dh, dh], dim=-1)
+            q, gate = q.reshape(B, t, H * dh), gate.reshape(B, t, H * dh)
+        clip = (lambda z: z.clamp(-a.clip_qkv, a.clip_qkv)) if a.clip_qkv else (lambda z: z)
+        if a.kv_shared:
+            if a.qk_norm == "full":
+                q = self.q_head_norm(q)
+            q = self.heads(clip(q), H, dh)
+            if a.qk_norm == "head":
+                q = self.q_head_norm(q)
+            if rotary is not None:
+                q = rotary(q, qpos, int(qpos[-1]) + 1)
+            new = None
+        else:
+            k = self.k(x)
+            v = k if a.values_from_keys else self.v(x)
+            if a.qk_norm == "full":
+                q, k = self.q_head_norm(q), self.k_head_norm(k)
+            q, k, v = self.heads(clip(q), H, dh), self.heads(clip(k), K, dh), self.heads(clip(v), K, dv)
+            if a.qk_norm == "head":
+                q, k = self.q_head_norm(q), self.k_head_norm(k)
+            if rotary is not None:
+                q, k = rotary(q, qpos, int(qpos[-1]) + 1), rotary(k, qpos, int(qpos[-1]) + 1)
+            if a.qk_l2norm:
+                q, k = _l2norm(q), _l2norm(k)
+            if a.value_scale != 1.0:
+                v = v * a.value_scale
+            new = {"k": k, "v": v}
+    if new is None:  # keys and values of the last layer of this kind, as it left them this step
+        keys = state["kv_cache"][a.kv_kind]
+    else:
+        keys = {n: torch.cat([cache[n], val], dim=-2 if n in ("k", "v") else 1) if n in cache else val
+                for n, val in new.items()}
+        keys["positions"] = torch.cat([cache["positions"], qpos]) if "positions" in cache else qpos
+        if state is not None and not a.mla:
+            state.setdefault("kv_cache", {})[a.kv_kind] = dict(keys)  # as this step sees them, untrimmed
+    kpos = keys["positions"]
+    allowed = kpos[None, :] <= qpos[:, None]
+    if a.window:
+        allowed &= qpos[:, None] - kpos[None, :] < a.window
+    if a.chunk:
+        allowed &= qpos[:, None] // a.chunk == kpos[None, :] // a.chunk
+    mask = torch.zeros(allowed.shape, dtype=x.dtype).masked_fill(~allowed, float("-inf"))
+    if a.indexer is not None:
+        if self.indexer is not None:
+            mask = self.indexer(x, q_latent, mask, True, cache=cache, positions=qpos)
+            state["sparse_mask"] = mask
+        else:
+            mask = state["sparse_mask"]
+    if a.mla:
+        W = self.kv_b.weight.view(H, nope + dv, a.kv_lora_rank)
+        q_lat = torch.einsum("bhtn,hnr->bhtr", q_nope, W[:, :nope])  # the query in the latent's space
+        c, kr = keys["latent"].unsqueeze(1), keys["k_rope"].unsqueeze(1)  # (B, 1, S, r), (B, 1, S, rope)
+        scale = a.scale if a.scale is not None else dh ** -0.5
+        scores = (q_lat @ c.transpose(-1, -2) + q_rope @ kr.transpose(-1, -2)) * scale
+        if a.softcap:
+            scores = torch.tanh(scores / a.softcap) * a.softcap
+        p = (scores + mask).softmax(dim=-1)
+        out = torch.einsum("bhtr,hvr->bhtv", p @ c, W[:, nope:])
+    else:
+        out = attend(q, keys["k"], keys["v"], mask, False, scale=a.scale, softcap=a.softcap, sinks=self.sinks)
+    if new is not None:  # keep what later steps can still see
+        keep = a.window or a.chunk
+        for n in keys:
+            if keep and n not in ("index_k",):
+                keys[n] = keys[n][..., -keep:, :] if n in ("k", "v") else keys[n][:, -keep:] if n != "positions" \
+                    else keys[n][-keep:]
+        cache.update({n: val for n, val in keys.items() if n != "index_k"})
+    if self.g is not None:
+        out = out * torch.sigmoid(self.g(x)).transpose(1, 2).unsqueeze(-1)
+    out = out.transpose(1, 2).reshape(B, t, H * dv)
+    if not a.mla and a.gate == "channel":
+        out = out * torch.sigmoid(gate)
+    return self.o(out)
+
+
+SelfAttention._step = _cached_attention
+
+
 def _l2norm(x, eps: float = 1e-6):
     return x * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + eps).to(x.dtype)
 
@@ -395,22 +506,26 @@ class Indexer(nn.Module):
         self.k_norm = nn.LayerNorm(i.head_dim, eps=1e-6)
         self.weights_proj = nn.Linear(D, i.heads, bias=False)
 
-    def forward(self, x, q_latent, mask, causal):
+    def forward(self, x, q_latent, mask, causal, cache=None, positions=None):
         B, T, _ = x.shape
         i = self.i
         q = self.wq_b(q_latent).view(B, T, i.heads, i.head_dim)
         k = self.k_norm(self.wk(x))  # (B, T, di)
-        scores = torch.matmul(q.reshape(B, T * i.heads, i.head_dim), k.transpose(1, 2))  # (B, T*Hi, T)
+        if cache is not None:  # decoding: the keys of every earlier position are cached
+            k = torch.cat([cache["index_k"], k], dim=1) if "index_k" in cache else k
+            cache["index_k"] = k
+        S = k.shape[1]
+        scores = torch.matmul(q.reshape(B, T * i.heads, i.head_dim), k.transpose(1, 2))  # (B, T*Hi, S)
         w = self.weights_proj(x) * i.heads ** -0.5  # (B, T, Hi)
-        scores = torch.matmul(w.unsqueeze(2), F.relu(scores).view(B, T, i.heads, T)).squeeze(2)  # (B, T, T)
+        scores = torch.matmul(w.unsqueeze(2), F.relu(scores).view(B, T, i.heads, S)).squeeze(2)  # (B, T, S)
         base = mask if mask is not None else (_causal_mask(T, x.dtype) if causal else None)
         if base is not None:
             scores = scores + (base if base.dim() == 2 else base.amax(dim=0))
-        keep = scores.topk(min(i.top_k, T), dim=-1).indices
-        sparse = torch.full((B, T, T), float("-inf"), dtype=x.dtype).scatter(-1, keep, 0.0)
+        keep = scores.topk(min(i.top_k, S), dim=-1).indices
+        sparse = torch.full((B, T, S), float("-inf"), dtype=x.dtype).scatter(-1, keep, 0.0)
         if base is not None:
             sparse = sparse + base
-        return sparse.unsqueeze(1)  # (B, 1, T, T): every head reads the same keys
+        return sparse.unsqueeze(1)  # (B, 1, T, S): every head reads the same keys
 
 
 def _causal_mask(T: int, dtype) -> torch.Tensor:
@@ -418,12 +533,19 @@ def _causal_mask(T: int, dtype) -> torch.Tensor:
     return torch.zeros(T, T, dtype=dtype).masked_fill(key > q, float("-inf"))
 
 
-def causal_conv(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
+def causal_conv(x: torch.Tensor, conv: nn.Conv1d, cache: dict = None) -> torch.Tensor:
     """A depthwise causal convolution over time: ``x`` (B, T, C) -> (B, T, C), each position mixing itself
     and the ``kernel - 1`` before it. Padded on the left only, so the counter sees 2 FLOPs per tap, channel
-    and position -- T positions, no more."""
+    and position -- T positions, no more. With a decoding ``cache``, the padding is the last ``kernel - 1``
+    inputs of earlier steps (``cache["conv"]``, updated)."""
     k = conv.kernel_size[0]
-    return conv(F.pad(x.transpose(1, 2), (k - 1, 0))).transpose(1, 2)
+    h = x.transpose(1, 2)
+    if cache is None:
+        return conv(F.pad(h, (k - 1, 0))).transpose(1, 2)
+    past = cache.get("conv", h.new_zeros(h.shape[0], h.shape[1], k - 1))
+    h = torch.cat([past, h], dim=-1)
+    cache["conv"] = h[..., h.shape[-1] - (k - 1):]
+    return conv(h).transpose(1, 2)
 
 
 class GatedDeltaNet(nn.Module):
@@ -445,14 +567,16 @@ class GatedDeltaNet(nn.Module):
         self.norm = nn.RMSNorm(dv, eps=1e-6)
         self.out_proj = nn.Linear(H * dv, D, bias=False)
 
-    def forward(self, x, state=None, resets=None):
+    def forward(self, x, state=None, resets=None, cache=None):
         m = self.m
         B, T, _ = x.shape
         H, Hk, dk, dv = m.heads, m.key_heads, m.key_dim, m.value_dim
         q, k, v, z = self.in_proj_qkvz(x).split([Hk * dk, Hk * dk, H * dv, H * dv], dim=-1)
         b, a = self.in_proj_ba(x).split([H, H], dim=-1)
-        q, k, v = F.silu(causal_conv(torch.cat([q, k, v], dim=-1), self.conv1d)).split(
+        q, k, v = F.silu(causal_conv(torch.cat([q, k, v], dim=-1), self.conv1d, cache)).split(
             [Hk * dk, Hk * dk, H * dv], dim=-1)
+        if cache is not None and "state" in cache:
+            state = cache["state"]
         rep = H // Hk
         q = F.normalize(q.view(B, T, Hk, dk), dim=-1).repeat_interleave(rep, dim=2) * dk ** -0.5
         k = F.normalize(k.view(B, T, Hk, dk), dim=-1).repeat_interleave(rep, dim=2)
@@ -470,6 +594,8 @@ class GatedDeltaNet(nn.Module):
             delta = (v[:, t] - held) * beta[:, t, :, None]
             S = S + torch.matmul(kt, delta.unsqueeze(-2))  # write along k
             out.append(torch.matmul(S.transpose(-1, -2), qt).squeeze(-1))
+        if cache is not None:
+            cache["state"] = S
         y = torch.stack(out, dim=1)  # (B, T, H, dv)
         y = self.norm(y) * F.silu(z.view(B, T, H, dv))
         return self.out_proj(y.reshape(B, T, H * dv))
@@ -493,12 +619,14 @@ class Mamba2Mixer(nn.Module):
         self.norm_weight = nn.Parameter(torch.ones(I))  # the gated RMSNorm, over each group of I/G channels
         self.out_proj = nn.Linear(I, D, bias=m.bias)
 
-    def forward(self, x, state=None, resets=None):
+    def forward(self, x, state=None, resets=None, cache=None):
         m = self.m
         B, T, _ = x.shape
         I, G, N, H, P = m.inner, m.groups, m.state, m.heads, m.head_dim
         z, xbc, dt = self.in_proj(x).split([I, I + 2 * G * N, H], dim=-1)
-        xs, Bm, Cm = F.silu(causal_conv(xbc, self.conv1d)).split([I, G * N, G * N], dim=-1)
+        xs, Bm, Cm = F.silu(causal_conv(xbc, self.conv1d, cache)).split([I, G * N, G * N], dim=-1)
+        if cache is not None and "state" in cache:
+            state = cache["state"]
         xs = xs.view(B, T, H, P)
         rep = H // G
         Bm = Bm.view(B, T, G, N).repeat_interleave(rep, dim=2)  # (B, T, H, N)
@@ -513,6 +641,8 @@ class Mamba2Mixer(nn.Module):
             h = h * (dt[:, t] * A).exp().to(x.dtype)[..., None, None]
             h = h + torch.matmul((dt[:, t, :, None] * xs[:, t]).unsqueeze(-1), Bm[:, t].unsqueeze(-2))
             out.append(torch.matmul(h, Cm[:, t].unsqueeze(-1)).squeeze(-1) + self.D[:, None] * xs[:, t])
+        if cache is not None:
+            cache["state"] = h
         y = torch.stack(out, dim=1).reshape(B, T, I) * F.silu(z)
         y = y.view(B, T, G, I // G)
         y = (y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + 1e-6)).reshape(B, T, I) * self.norm_weight
@@ -902,7 +1032,8 @@ class Layer(nn.Module):
         # norms the spec counts beyond those (a layer whose type builds no mixer keeps its norm): held, unused
         self.extra_norms = nn.ModuleList(norm() for _ in range(b.extra_norms)) if b.extra_norms else None
 
-    def forward(self, x, mask, causal, memory=None, state=None, per_layer=None, positions=None, resets=None):
+    def forward(self, x, mask, causal, memory=None, state=None, per_layer=None, positions=None, resets=None,
+                cache=None):
         post = iter(self.post) if self.post is not None else None
 
         def sublayer(x, norm, f):
@@ -917,9 +1048,9 @@ class Layer(nn.Module):
 
         if self.attn is not None:
             x = sublayer(x, self.attn_norm, lambda h: self.attn(h, mask=mask, causal=causal, state=state,
-                                                                 positions=positions))
+                                                                 positions=positions, cache=cache))
         elif self.mixer is not None:
-            x = sublayer(x, self.mixer_norm, lambda h: self.mixer(h, resets=resets))
+            x = sublayer(x, self.mixer_norm, lambda h: self.mixer(h, resets=resets, cache=cache))
         if self.cross is not None:
             x = sublayer(x, self.cross_norm, lambda h: self.cross(h, source=memory))
         if self.ffn is not None:
@@ -980,14 +1111,31 @@ class Stack(nn.Module):
             m = torch.zeros(T, T).masked_fill(~allowed, float("-inf"))
         return (m if bias is None else bias + m).to(dtype)
 
-    def forward(self, x, memory=None, per_layer=None, positions=None, segments=None):
+    def forward(self, x, memory=None, per_layer=None, positions=None, segments=None, cache=None):
         state = {}  # what one layer leaves for later ones: an indexer's choice of keys, keys and values to share
         resets = None if segments is None else torch.cat(
             [torch.ones_like(segments[:, :1], dtype=torch.bool), segments[:, 1:] != segments[:, :-1]], dim=1)
-        for i, (block, mask) in enumerate(zip(self.blocks, self.masks(x.shape[1], x.dtype, segments))):
+        masks = self.masks(x.shape[1], x.dtype, segments) if cache is None else [None] * len(self.blocks)
+        for i, (block, mask) in enumerate(zip(self.blocks, masks)):
             x = block(x, mask, self.decoder, memory, state, per_layer[:, :, i] if per_layer is not None else None,
-                      positions, resets)
+                      positions, resets, None if cache is None else cache.layers.setdefault(i, {}))
         return self.norm(x) if self.norm is not None else x
+
+
+class Cache:
+    """What incremental decoding keeps between steps, layer by layer (``layers[i]``, a dict of tensors):
+    attention's keys and values (``k``, ``v``; MLA's ``latent`` and ``k_rope``; an indexer's ``index_k``)
+    with their ``positions``, a recurrent layer's ``state`` and ``conv`` inputs. ``length``: tokens seen.
+    :meth:`nbytes` is what :func:`whatruns.serve.kv_cache_bytes` counts (positions are bookkeeping, not
+    cache)."""
+
+    def __init__(self):
+        self.length = 0
+        self.layers = {}
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for layer in self.layers.values() for name, t in layer.items()
+                   if name != "positions")
 
 
 class TransformerLM(nn.Module):
@@ -1020,12 +1168,19 @@ class TransformerLM(nn.Module):
                 if getattr(mod, "bias", None) is not None:
                     nn.init.zeros_(mod.bias)
 
-    def forward(self, ids, positions=None):
+    def forward(self, ids, positions=None, cache: "Cache" = None):
         """Logits for token ids (B, T). ``positions`` (B, T), optional: each token's position; where it falls
         back to 0 a new sequence starts (a padding-free batch: sequences packed in one row, none attending
-        across the boundary, rotary and learned positions restarting)."""
+        across the boundary, rotary and learned positions restarting). ``cache``: decode incrementally -- the
+        ids are the next T tokens after the ``cache.length`` already seen, whose keys, values and states the
+        :class:`Cache` holds (a prompt first, then a token at a time); the logits equal the full forward's."""
         segments = None
-        if positions is None:
+        if cache is not None:
+            if positions is not None or self.encoder is not None:
+                raise ValueError("incremental decoding takes a decoder alone, positions following the cache")
+            positions = torch.arange(cache.length, cache.length + ids.shape[1])
+            cache.length += ids.shape[1]
+        elif positions is None:
             positions = torch.arange(ids.shape[1])
         else:
             starts = torch.cat([torch.ones_like(positions[:, :1], dtype=torch.bool),
@@ -1051,7 +1206,7 @@ class TransformerLM(nn.Module):
             per_layer = (projected + self.per_layer_embed(ids).view(*ids.shape, L, P) * P ** 0.5) * 2 ** -0.5
         h = self.encoder(x, positions=positions, segments=segments) if self.encoder is not None else None
         if self.decoder is not None:
-            h = self.decoder(x, h, per_layer, positions=positions, segments=segments)
+            h = self.decoder(x, h, per_layer, positions=positions, segments=segments, cache=cache)
         if self.head_transform is not None:
             h = self.head_norm(activate(self._head_act, self.head_transform(h)))
         logits = F.linear(h, self.embed.weight if self.head is None else self.head.weight)
