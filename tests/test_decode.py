@@ -50,12 +50,9 @@ def _indexer_ties(model, ids) -> bool:
 
     def hook(indexer, inputs, output):
         x, q_latent = inputs[0], inputs[1]
-        B, T, _ = x.shape
+        T = x.shape[1]
         i = indexer.i
-        q = indexer.wq_b(q_latent).view(B, T, i.heads, i.head_dim)
-        k = indexer.k_norm(indexer.wk(x))
-        s = torch.einsum("bthd,bsd->bths", q, k).relu()
-        s = torch.einsum("bth,bths->bts", indexer.weights_proj(x) * i.heads ** -0.5, s)
+        s = indexer.scores(x, q_latent)  # the indexer's own scores, before the causal mask
         s = s.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
         top = s.sort(dim=-1, descending=True).values
         for t in range(i.top_k, T):  # rows with more visible keys than picks
