@@ -1616,6 +1616,8 @@ def _model_function(c: _Config, model_type: str, spec: Transformer) -> dict:
     if model_type == "olmoe":
         clip = _float(c, "clip_qkv", None)
         out["attention"] = dict(clip_qkv=clip or 0.0)
+    if model_type == "phimoe":  # sparsemixer's threshold is the router's jitter (used at inference too)
+        out["moe"] = dict(router_eps=_float(c, "router_jitter_noise", 0.01))
     return out
 
 

@@ -127,6 +127,7 @@ FAMILIES: Dict[str, List[Rule]] = {
 """The model types whose weights :func:`load_hf_state_dict` maps, each with its renaming rules."""
 
 FAMILIES["granitemoe"] = LLAMA
+FAMILIES["phimoe"] = LLAMA
 
 
 def _qkv_sizes(model, layer: int):
