@@ -1412,6 +1412,7 @@ class Function:
     default_rope: Tuple[Tuple[str, object], ...] = ()
     max_positions: int = 2048
     interleaved: bool = False  # rotate neighbouring pairs (DeepSeek's rope_interleave, its complex form)
+    max_key: str = "max_position_embeddings"  # the key of the context length (DBRX: max_seq_len)
 
 
 FUNCTIONS: Dict[str, Function] = {
@@ -1440,6 +1441,9 @@ FUNCTIONS: Dict[str, Function] = {
     "gemma2": Function(offset=True, max_positions=8192),
     "gemma3_text": Function(offset=True, rope="per_type", max_positions=131072),
     "llama4_text": Function(eps=1e-5, theta=500000.0, max_positions=131072, interleaved=True),
+    # DBRX: transformers 5.24 builds its rope from the top-level rope_theta / rope_parameters (default 10,000);
+    # the published files' attn_config.rope_theta (500,000) is read by no computation
+    "dbrx": Function(eps_key="", eps=1e-5, max_key="max_seq_len"),
 }
 """The model types whose function (rope, norms, scales, routing) whatruns reads; the others are counted
 exactly, but :func:`whatruns.build` gives them the library's defaults for what does not count."""
@@ -1533,12 +1537,12 @@ def _with_function(spec: Transformer, d: dict, model_type: str) -> Transformer:
     if f is None:
         return spec
     c = _Config(d, f"{model_type} config")
-    eps = c.raw(f.eps_key, f.eps)
+    eps = c.raw(f.eps_key, f.eps) if f.eps_key else f.eps  # no key: a fixed eps (DBRX's LayerNorm default)
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
         raise c.error(f"{f.eps_key} must be a positive number, got {_short_repr(eps)}")
     norm = replace(spec.norm, eps=float(eps), offset=f.offset)
     ropes = _rope_parameters(c, f) if f.rope != "none" else {}
-    max_positions = c.raw("max_position_embeddings", f.max_positions)
+    max_positions = c.raw(f.max_key, f.max_positions)
     if isinstance(max_positions, bool) or not isinstance(max_positions, int):
         max_positions = f.max_positions
     extra = _model_function(c, model_type, spec)
@@ -1615,6 +1619,10 @@ def _model_function(c: _Config, model_type: str, spec: Transformer) -> dict:
                             logit_scale=1.0 / _float(c, "logits_scaling", 1.0))
     if model_type == "olmoe":
         clip = _float(c, "clip_qkv", None)
+        out["attention"] = dict(clip_qkv=clip or 0.0)
+    if model_type == "dbrx":  # q, k and v clamped (the fused projection's output)
+        attn = c.raw("attn_config", None)
+        clip = _float(_Config(attn, "dbrx config: attn_config"), "clip_qkv", None) if isinstance(attn, dict) else None
         out["attention"] = dict(clip_qkv=clip or 0.0)
     if model_type == "phimoe":  # sparsemixer's threshold is the router's jitter (used at inference too)
         out["moe"] = dict(router_eps=_float(c, "router_jitter_noise", 0.01))

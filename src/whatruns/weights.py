@@ -115,6 +115,20 @@ GPT2: List[Rule] = [
     (r"transformer\.h\.(\d+)\.mlp\.c_proj\.bias", r"decoder.blocks.\1.ffn.down.bias", _same),
 ]
 
+DBRX: List[Rule] = [
+    (r"transformer\.wte\.weight", "embed.weight", _same),
+    (r"transformer\.norm_f\.(weight|bias)", r"decoder.norm.\1", _same),
+    (r"lm_head\.weight", "head.weight", _same),
+    (r"transformer\.blocks\.(\d+)\.norm_attn_norm\.norm_1\.(weight|bias)", r"decoder.blocks.\1.attn_norm.\2", _same),
+    (r"transformer\.blocks\.(\d+)\.norm_attn_norm\.norm_2\.(weight|bias)", r"decoder.blocks.\1.ffn_norm.\2", _same),
+    ("qkv", r"transformer\.blocks\.(\d+)\.norm_attn_norm\.attn\.Wqkv\.weight", r"decoder.blocks.\1.attn.{}.weight"),
+    (r"transformer\.blocks\.(\d+)\.norm_attn_norm\.attn\.out_proj\.weight", r"decoder.blocks.\1.attn.o.weight", _same),
+    (r"transformer\.blocks\.(\d+)\.ffn\.router\.layer\.weight", r"decoder.blocks.\1.ffn.router.weight", _same),
+    ("stacked", r"transformer\.blocks\.(\d+)\.ffn\.experts\.mlp\.w1", r"decoder.blocks.\1.ffn.experts.gate", False),
+    ("stacked", r"transformer\.blocks\.(\d+)\.ffn\.experts\.mlp\.v1", r"decoder.blocks.\1.ffn.experts.up", False),
+    ("stacked", r"transformer\.blocks\.(\d+)\.ffn\.experts\.mlp\.w2", r"decoder.blocks.\1.ffn.experts.down", True),
+]
+
 FAMILIES: Dict[str, List[Rule]] = {
     **{t: LLAMA for t in ("llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe",
                           "minimax_m2", "glm4_moe", "deepseek_v2", "deepseek_v3", "kimi_k2")},
@@ -123,6 +137,7 @@ FAMILIES: Dict[str, List[Rule]] = {
     "gemma3_text": GEMMA,
     "phi3": PHI3,
     "gpt2": GPT2,
+    "dbrx": DBRX,
 }
 """The model types whose weights :func:`load_hf_state_dict` maps, each with its renaming rules."""
 
@@ -161,6 +176,14 @@ def convert_state_dict(state_dict: Dict[str, torch.Tensor], model_type: str, mod
                 conv1d = name.startswith("transformer.h.") and name.endswith("weight")  # GPT-2 stores (in, out)
                 for key, part in zip("qkv", torch.split(tensor, sizes, dim=-1 if conv1d else 0)):
                     targets.setdefault(m.expand(target).format(key), _t(part) if conv1d else part.contiguous())
+                continue
+            if rule[0] == "stacked":  # E experts' matrices stacked along the rows, (E * F, D)
+                _, pattern, target, down = rule
+                m = re.fullmatch(pattern, name)
+                if m:
+                    E = model.decoder.blocks[int(m.group(1))].ffn.m.experts
+                    t = tensor.view(E, -1, tensor.shape[-1])
+                    targets.setdefault(m.expand(target), _t(t) if down else t.contiguous())
                 continue
             pattern, target, convert = rule
             m = re.fullmatch(pattern, name)
