@@ -1316,8 +1316,12 @@ def _llama4(d: dict) -> Transformer:
     MoE layers are ``moe_layers`` if given, else every ``interleave_moe_layer_step``-th layer
     (step - 1, 2·step - 1, ...). A MoE layer has routed experts of ``intermediate_size`` plus one
     shared expert of the same width, routed by top-k of the logits then a sigmoid (no
-    renormalisation); dense layers have an FFN of ``intermediate_size_mlp``. The QK-norm is an L2
-    norm without weights, so it adds no parameters. The vision tower is not counted."""
+    renormalisation), the weight scaling the expert's input; dense layers have an FFN of ``intermediate_size_mlp``.
+    Layers by ``no_rope_layers`` (1: rotary; default: every ``no_rope_layer_interval``-th layer, default 4, has
+    none): the rotary layers attend within chunks of ``attention_chunk_size`` (by ``layer_types``, when given)
+    and, with ``use_qk_norm``, L2-normalise q and k (no weights, no parameters); the others (NoPE) scale their
+    queries by position (``attn_temperature_tuning``, ``floor_scale``, ``attn_scale``). The vision tower is not
+    counted."""
     c = _Config(d, "llama4_text config")
     D, H, L = c.size("hidden_size"), c.size("num_attention_heads"), c.size("num_hidden_layers")
     listed = c.int_list("moe_layers", None)
@@ -1332,16 +1336,34 @@ def _llama4(d: dict) -> Transformer:
         F = c.size("intermediate_size")
         moe = MoE(experts=E, top_k=_top_k(c, "num_experts_per_tok", E, 1, "num_local_experts"),
                   expert=FFN(F, activation=act), shared=FFN(F, activation=act), shared_experts=1,
-                  router="sigmoid_topk")
+                  router="topk_sigmoid", weight_input=True)
     ffn = FFN(c.size("intermediate_size_mlp"), activation=act) if len(moe_layers) < L else None
     bias = c.flag("attention_bias", False)
-    return Transformer(
-        vocab=c.size("vocab_size"), width=D, layers=L,
-        attention=Attention(heads=H, kv_heads=_kv_heads(c, H, 8, nullable=False),
-                            head_dim=_head_dim(c, D, H, 128, nullable=False),
-                            bias=bias, out_bias=bias),
-        ffn=ffn, moe=moe, moe_layers=moe_layers, tied=c.flag("tie_word_embeddings", False),
-        name=c.name("llama4_text"))
+    interval = c.size("no_rope_layer_interval", 4)
+    rope_layers = c.int_list("no_rope_layers", None) or [int((i + 1) % interval != 0) for i in range(L)]
+    if len(rope_layers) < L:
+        raise c.error(f"no_rope_layers has {len(rope_layers)} entries for {L} layers")
+    chunk = c.size("attention_chunk_size", 8192, none=True)
+    types = _layer_types(c, L, ["chunked_attention" if r and chunk is not None else "full_attention"
+                                for r in rope_layers[:L]])
+    if "chunked_attention" in types and chunk is None:
+        raise c.error("layer_types has chunked_attention but attention_chunk_size is null")
+    tuning = c.raw("attn_temperature_tuning", True)  # published: 4 (a truthy number)
+    temperature = _float(c, "attn_scale", 0.1) if tuning else 0.0
+    floor = c.size("floor_scale", 8192)
+    qk_l2 = c.flag("use_qk_norm", True)
+    attn = Attention(heads=H, kv_heads=_kv_heads(c, H, 8, nullable=False),
+                     head_dim=_head_dim(c, D, H, 128, nullable=False), bias=bias, out_bias=bias)
+    blocks = []
+    for i in range(L):
+        if rope_layers[i]:
+            a = attn.with_(qk_l2norm=qk_l2, chunk=chunk if types[i] == "chunked_attention" else 0)
+        else:
+            a = attn.with_(rope=None, temperature=temperature, temperature_floor=floor,
+                           chunk=chunk if types[i] == "chunked_attention" else 0)
+        blocks.append(Block(a, moe if i in moe_layers else ffn))
+    return Transformer(vocab=c.size("vocab_size"), width=D, blocks=blocks, tied=c.flag("tie_word_embeddings", False),
+                       name=c.name("llama4_text"))
 
 
 def _switch_sparse(layers: int, step) -> tuple:
@@ -1590,7 +1612,7 @@ def _model_function(c: _Config, model_type: str, spec: Transformer) -> dict:
                           renormalize=c.flag("norm_topk_prob", True))
     if model_type in ("deepseek_v3", "kimi_k2", "deepseek_v32", "glm_moe_dsa", "deepseek_v2"):
         # the softmax scale of MLA with YaRN: 1/sqrt(q head size) times mscale(factor, mscale_all_dim)^2
-        a = spec.attention if spec.blocks else None
+        a = next((b.mixer for b in (r.block for r in spec.blocks) if isinstance(b.mixer, Attention)), None)
         scale = None
         if a is not None:
             params = _rope_parameters(c, FUNCTIONS[model_type])[None]

@@ -85,6 +85,20 @@ GPT_OSS: List[Rule] = [
     (r"model\.layers\.(\d+)\.mlp\.experts\.down_proj", r"decoder.blocks.\1.ffn.experts.down", _t),
 ] + LLAMA
 
+def _last_half(i):  # Llama 4: gate and up side by side along the last dimension, stored (E, in, 2F)
+    return lambda t: t.chunk(2, dim=-1)[i].transpose(-1, -2).contiguous()
+
+
+LLAMA4: List[Rule] = [
+    (r"model\.layers\.(\d+)\.feed_forward\.router\.weight", r"decoder.blocks.\1.ffn.router.weight", _same),
+    (r"model\.layers\.(\d+)\.feed_forward\.experts\.gate_up_proj", r"decoder.blocks.\1.ffn.experts.gate", _last_half(0)),
+    (r"model\.layers\.(\d+)\.feed_forward\.experts\.gate_up_proj", r"decoder.blocks.\1.ffn.experts.up", _last_half(1)),
+    (r"model\.layers\.(\d+)\.feed_forward\.experts\.down_proj", r"decoder.blocks.\1.ffn.experts.down", _t),
+    (r"model\.layers\.(\d+)\.feed_forward\.shared_expert\.(gate|up|down)_proj\.weight",
+     r"decoder.blocks.\1.ffn.shared.\2.weight", _same),
+    (r"model\.layers\.(\d+)\.feed_forward\.(gate|up|down)_proj\.weight", r"decoder.blocks.\1.ffn.\2.weight", _same),
+] + LLAMA
+
 GEMMA: List[Rule] = [  # four norms a layer: before and after attention, before and after the FFN
     (r"model\.layers\.(\d+)\.post_attention_layernorm\.weight", r"decoder.blocks.\1.post.0.weight", _same),
     (r"model\.layers\.(\d+)\.pre_feedforward_layernorm\.weight", r"decoder.blocks.\1.ffn_norm.weight", _same),
@@ -138,6 +152,7 @@ FAMILIES: Dict[str, List[Rule]] = {
     "phi3": PHI3,
     "gpt2": GPT2,
     "dbrx": DBRX,
+    "llama4_text": LLAMA4,
 }
 """The model types whose weights :func:`load_hf_state_dict` maps, each with its renaming rules."""
 
