@@ -1466,6 +1466,8 @@ FUNCTIONS: Dict[str, Function] = {
     # DBRX: transformers 5.24 builds its rope from the top-level rope_theta / rope_parameters (default 10,000);
     # the published files' attn_config.rope_theta (500,000) is read by no computation
     "dbrx": Function(eps_key="", eps=1e-5, max_key="max_seq_len"),
+    "t5": Function("layer_norm_epsilon", 1e-6, rope="none", max_positions=512),
+    "switch_transformers": Function("layer_norm_epsilon", 1e-6, rope="none", max_positions=512),
 }
 """The model types whose function (rope, norms, scales, routing) whatruns reads; the others are counted
 exactly, but :func:`whatruns.build` gives them the library's defaults for what does not count."""
@@ -1646,6 +1648,17 @@ def _model_function(c: _Config, model_type: str, spec: Transformer) -> dict:
         attn = c.raw("attn_config", None)
         clip = _float(_Config(attn, "dbrx config: attn_config"), "clip_qkv", None) if isinstance(attn, dict) else None
         out["attention"] = dict(clip_qkv=clip or 0.0)
+    if model_type in ("t5", "switch_transformers"):
+        # no 1/sqrt(d) in the scores; the decoder's output times D^-1/2 before the tied head (T5: unless the file
+        # says tie_word_embeddings false, which transformers reads as scale_decoder_outputs false)
+        out["attention"] = dict(scale=1.0)
+        scaled = True
+        if model_type == "t5":
+            scaled = c.flag("scale_decoder_outputs", c.raw("tie_word_embeddings", None) is not False)
+        out["model"] = dict(logit_scale=D ** -0.5 if scaled else 1.0,
+                            relative_max_distance=c.size("relative_attention_max_distance", 128))
+        if model_type == "switch_transformers":  # per sequence, an expert takes its first expert_capacity tokens
+            out["moe"] = dict(expert_capacity=c.size("expert_capacity", 64))
     if model_type == "phimoe":  # sparsemixer's threshold is the router's jitter (used at inference too)
         out["moe"] = dict(router_eps=_float(c, "router_jitter_noise", 0.01))
     return out

@@ -143,6 +143,38 @@ DBRX: List[Rule] = [
     ("stacked", r"transformer\.blocks\.(\d+)\.ffn\.experts\.mlp\.w2", r"decoder.blocks.\1.ffn.experts.down", True),
 ]
 
+def _t5_rules(ffn_prefix: str) -> List[Rule]:
+    """T5 and the Switch Transformer: the encoder's layers are [self-attention, FFN], the decoder's [self-attention,
+    cross-attention, FFN]; the relative-position bias lives in each stack's first layer; the embedding is shared."""
+    rules: List[Rule] = [
+        (r"shared\.weight", "embed.weight", _same),
+        (r"(?:encoder|decoder)\.embed_tokens\.weight", "embed.weight", _same),  # the shared embedding again
+        (r"lm_head\.weight", "head.weight", _same),
+        (r"(encoder|decoder)\.final_layer_norm\.weight", r"\1.norm.weight", _same),
+        (r"(encoder|decoder)\.block\.0\.layer\.0\.SelfAttention\.relative_attention_bias\.weight",
+         r"\1.relative_bias.weight", _same),
+        (r"(encoder|decoder)\.block\.(\d+)\.layer\.0\.SelfAttention\.(q|k|v|o)\.weight", r"\1.blocks.\2.attn.\3.weight",
+         _same),
+        (r"(encoder|decoder)\.block\.(\d+)\.layer\.0\.layer_norm\.weight", r"\1.blocks.\2.attn_norm.weight", _same),
+        (r"decoder\.block\.(\d+)\.layer\.1\.EncDecAttention\.(q|k|v|o)\.weight", r"decoder.blocks.\1.cross.\2.weight",
+         _same),
+        (r"decoder\.block\.(\d+)\.layer\.1\.layer_norm\.weight", r"decoder.blocks.\1.cross_norm.weight", _same),
+    ]
+    for stack, sub in (("encoder", 1), ("decoder", 2)):
+        at = rf"{stack}\.block\.(\d+)\.layer\.{sub}"
+        rules += [
+            (rf"{at}\.layer_norm\.weight", rf"{stack}.blocks.\1.ffn_norm.weight", _same),
+            (rf"{at}\.{ffn_prefix}\.wi\.weight", rf"{stack}.blocks.\1.ffn.up.weight", _same),
+            (rf"{at}\.{ffn_prefix}\.wi_0\.weight", rf"{stack}.blocks.\1.ffn.gate.weight", _same),
+            (rf"{at}\.{ffn_prefix}\.wi_1\.weight", rf"{stack}.blocks.\1.ffn.up.weight", _same),
+            (rf"{at}\.{ffn_prefix}\.wo\.weight", rf"{stack}.blocks.\1.ffn.down.weight", _same),
+            (rf"{at}\.mlp\.router\.classifier\.(weight|bias)", rf"{stack}.blocks.\1.ffn.router.\2", _same),
+            ("per_expert", rf"{at}\.mlp\.experts\.expert_(\d+)\.wi\.weight", rf"{stack}.blocks.\1.ffn.experts.up"),
+            ("per_expert", rf"{at}\.mlp\.experts\.expert_(\d+)\.wo\.weight", rf"{stack}.blocks.\1.ffn.experts.down"),
+        ]
+    return rules
+
+
 FAMILIES: Dict[str, List[Rule]] = {
     **{t: LLAMA for t in ("llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe",
                           "minimax_m2", "glm4_moe", "deepseek_v2", "deepseek_v3", "kimi_k2")},
@@ -153,6 +185,8 @@ FAMILIES: Dict[str, List[Rule]] = {
     "gpt2": GPT2,
     "dbrx": DBRX,
     "llama4_text": LLAMA4,
+    "t5": _t5_rules("DenseReluDense"),
+    "switch_transformers": _t5_rules("mlp"),
 }
 """The model types whose weights :func:`load_hf_state_dict` maps, each with its renaming rules."""
 
@@ -173,6 +207,7 @@ def convert_state_dict(state_dict: Dict[str, torch.Tensor], model_type: str, mod
     if rules is None:
         raise SpecError(f"whatruns cannot load {model_type!r} weights yet; it loads {', '.join(sorted(FAMILIES))}")
     out: Dict[str, torch.Tensor] = {}
+    experts: Dict[str, Dict[int, torch.Tensor]] = {}  # per-expert matrices (Switch), stacked at the end
     for name, tensor in state_dict.items():
         if name.endswith(("rotary_emb.inv_freq", "rotary_emb.original_inv_freq", ".masked_bias", ".attn.bias")):
             continue  # recomputed buffers (rotary frequencies; GPT-2's causal mask)
@@ -192,6 +227,13 @@ def convert_state_dict(state_dict: Dict[str, torch.Tensor], model_type: str, mod
                 for key, part in zip("qkv", torch.split(tensor, sizes, dim=-1 if conv1d else 0)):
                     targets.setdefault(m.expand(target).format(key), _t(part) if conv1d else part.contiguous())
                 continue
+            if rule[0] == "per_expert":  # one expert's matrix: a slice of a stacked (E, out, in) parameter
+                _, pattern, target = rule
+                m = re.fullmatch(pattern, name)
+                if m:
+                    experts.setdefault(m.expand(target), {})[int(m.group(2))] = tensor
+                    targets[None] = None  # placed
+                continue
             if rule[0] == "stacked":  # E experts' matrices stacked along the rows, (E * F, D)
                 _, pattern, target, down = rule
                 m = re.fullmatch(pattern, name)
@@ -206,7 +248,11 @@ def convert_state_dict(state_dict: Dict[str, torch.Tensor], model_type: str, mod
                 targets[m.expand(target)] = convert(tensor)
         if not targets:
             raise SpecError(f"{model_type} weights: no place in the whatruns model for {name!r}")
-        out.update(targets)
+        out.update({k: v for k, v in targets.items() if k is not None})
+    for target, parts in experts.items():
+        if sorted(parts) != list(range(len(parts))):
+            raise SpecError(f"{model_type} weights: {target!r} has experts {sorted(parts)}, not 0..{len(parts) - 1}")
+        out[target] = torch.stack([parts[e] for e in range(len(parts))])
     return out
 
 
