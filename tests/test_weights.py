@@ -205,6 +205,15 @@ def t5(draw, model_type="t5"):
 
 
 @st.composite
+def bert(draw):
+    H = draw(st.integers(1, 3))
+    return dict(vocab_size=V, hidden_size=4 * H, num_hidden_layers=draw(st.integers(1, 2)), num_attention_heads=H,
+                intermediate_size=draw(st.integers(2, 12)), max_position_embeddings=16,
+                type_vocab_size=draw(st.integers(1, 2)), layer_norm_eps=draw(st.sampled_from([1e-12, 1e-3])),
+                hidden_act=draw(st.sampled_from(["gelu", "relu", "gelu_new"])), pad_token_id=0)
+
+
+@st.composite
 def gpt2(draw):
     H = draw(st.integers(1, 3))
     return dict(vocab_size=V, n_embd=4 * H, n_layer=draw(st.integers(1, 2)), n_head=H, n_positions=16,
@@ -221,7 +230,7 @@ GENERATORS = {
     "glm4_moe": moe_like("glm4_moe"), "phimoe": moe_like("phimoe"),
     "deepseek_v2": deepseek("deepseek_v2"), "deepseek_v3": deepseek("deepseek_v3"),
     "gpt_oss": gpt_oss(), "gpt2": gpt2(), "dbrx": dbrx(), "llama4_text": llama4(),
-    "t5": t5(), "switch_transformers": t5("switch_transformers"),
+    "t5": t5(), "switch_transformers": t5("switch_transformers"), "bert": bert(),
 }
 
 

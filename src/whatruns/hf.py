@@ -1467,6 +1467,7 @@ FUNCTIONS: Dict[str, Function] = {
     # the published files' attn_config.rope_theta (500,000) is read by no computation
     "dbrx": Function(eps_key="", eps=1e-5, max_key="max_seq_len"),
     "t5": Function("layer_norm_epsilon", 1e-6, rope="none", max_positions=512),
+    "bert": Function("layer_norm_eps", 1e-12, rope="none", max_positions=512),
     "switch_transformers": Function("layer_norm_epsilon", 1e-6, rope="none", max_positions=512),
 }
 """The model types whose function (rope, norms, scales, routing) whatruns reads; the others are counted
@@ -1659,6 +1660,8 @@ def _model_function(c: _Config, model_type: str, spec: Transformer) -> dict:
                             relative_max_distance=c.size("relative_attention_max_distance", 128))
         if model_type == "switch_transformers":  # per sequence, an expert takes its first expert_capacity tokens
             out["moe"] = dict(expert_capacity=c.size("expert_capacity", 64))
+    if model_type == "bert":  # each sublayer's LayerNorm after its residual add
+        out["model"] = dict(post_norm=True)
     if model_type == "phimoe":  # sparsemixer's threshold is the router's jitter (used at inference too)
         out["moe"] = dict(router_eps=_float(c, "router_jitter_noise", 0.01))
     return out

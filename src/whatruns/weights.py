@@ -175,6 +175,26 @@ def _t5_rules(ffn_prefix: str) -> List[Rule]:
     return rules
 
 
+BERT: List[Rule] = [
+    (r"bert\.embeddings\.word_embeddings\.weight", "embed.weight", _same),
+    (r"bert\.embeddings\.position_embeddings\.weight", "positions.weight", _same),
+    (r"bert\.embeddings\.token_type_embeddings\.weight", "token_types.weight", _same),
+    (r"bert\.embeddings\.LayerNorm\.(weight|bias)", r"embed_norm.\1", _same),
+    (r"bert\.encoder\.layer\.(\d+)\.attention\.self\.query\.(weight|bias)", r"encoder.blocks.\1.attn.q.\2", _same),
+    (r"bert\.encoder\.layer\.(\d+)\.attention\.self\.key\.(weight|bias)", r"encoder.blocks.\1.attn.k.\2", _same),
+    (r"bert\.encoder\.layer\.(\d+)\.attention\.self\.value\.(weight|bias)", r"encoder.blocks.\1.attn.v.\2", _same),
+    (r"bert\.encoder\.layer\.(\d+)\.attention\.output\.dense\.(weight|bias)", r"encoder.blocks.\1.attn.o.\2", _same),
+    (r"bert\.encoder\.layer\.(\d+)\.attention\.output\.LayerNorm\.(weight|bias)", r"encoder.blocks.\1.attn_norm.\2",
+     _same),
+    (r"bert\.encoder\.layer\.(\d+)\.intermediate\.dense\.(weight|bias)", r"encoder.blocks.\1.ffn.up.\2", _same),
+    (r"bert\.encoder\.layer\.(\d+)\.output\.dense\.(weight|bias)", r"encoder.blocks.\1.ffn.down.\2", _same),
+    (r"bert\.encoder\.layer\.(\d+)\.output\.LayerNorm\.(weight|bias)", r"encoder.blocks.\1.ffn_norm.\2", _same),
+    (r"cls\.predictions\.transform\.dense\.(weight|bias)", r"head_transform.\1", _same),
+    (r"cls\.predictions\.transform\.LayerNorm\.(weight|bias)", r"head_norm.\1", _same),
+    (r"cls\.predictions\.decoder\.weight", "embed.weight", _same),  # tied: the word embedding
+    (r"cls\.predictions\.(?:decoder\.)?bias", "head_bias", _same),  # one tensor under two names
+]
+
 FAMILIES: Dict[str, List[Rule]] = {
     **{t: LLAMA for t in ("llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe",
                           "minimax_m2", "glm4_moe", "deepseek_v2", "deepseek_v3", "kimi_k2")},
@@ -187,6 +207,7 @@ FAMILIES: Dict[str, List[Rule]] = {
     "llama4_text": LLAMA4,
     "t5": _t5_rules("DenseReluDense"),
     "switch_transformers": _t5_rules("mlp"),
+    "bert": BERT,
 }
 """The model types whose weights :func:`load_hf_state_dict` maps, each with its renaming rules."""
 
