@@ -214,6 +214,30 @@ def bert(draw):
 
 
 @st.composite
+def mimo(draw):
+    K = draw(st.integers(1, 2))
+    H = 2 * K * draw(st.integers(1, 2))  # the sliding layers have 2K key/value heads
+    L = draw(st.integers(2, 3))
+    E = draw(st.sampled_from([2, 4]))
+    cfg = dict(vocab_size=V, hidden_size=8 * K, num_hidden_layers=L, num_attention_heads=H, num_key_value_heads=K,
+               head_dim=draw(st.sampled_from([6, 12])), v_head_dim=draw(st.sampled_from([2, 4])),
+               intermediate_size=draw(st.integers(2, 8)), moe_intermediate_size=draw(st.integers(2, 6)),
+               n_routed_experts=E, num_experts_per_tok=draw(st.integers(1, 2)), n_group=draw(st.sampled_from([1, 2])),
+               topk_group=1, norm_topk_prob=draw(st.booleans()), routed_scaling_factor=draw(st.sampled_from([None, 2.0])),
+               sliding_window=draw(st.integers(1, 4)), attention_bias=draw(st.booleans()),
+               attention_value_scale=draw(st.sampled_from([None, 0.707])), pad_token_id=0,
+               layer_types=draw(st.lists(st.sampled_from(["full_attention", "sliding_attention"]), min_size=L, max_size=L)),
+               mlp_layer_types=["dense"] + draw(st.lists(st.sampled_from(["dense", "sparse"]), min_size=L - 1,
+                                                          max_size=L - 1)),
+               tie_word_embeddings=draw(st.booleans()))
+    if draw(st.booleans()):
+        cfg["rope_parameters"] = {"full_attention": {"rope_type": "default", "rope_theta": 100.0},
+                                  "sliding_attention": {"rope_type": "default", "rope_theta": 1000.0,
+                                                        "partial_rotary_factor": 1.0}}
+    return cfg
+
+
+@st.composite
 def gpt2(draw):
     H = draw(st.integers(1, 3))
     return dict(vocab_size=V, n_embd=4 * H, n_layer=draw(st.integers(1, 2)), n_head=H, n_positions=16,
@@ -231,6 +255,7 @@ GENERATORS = {
     "deepseek_v2": deepseek("deepseek_v2"), "deepseek_v3": deepseek("deepseek_v3"),
     "gpt_oss": gpt_oss(), "gpt2": gpt2(), "dbrx": dbrx(), "llama4_text": llama4(),
     "t5": t5(), "switch_transformers": t5("switch_transformers"), "bert": bert(),
+    "mimo_v2_flash": mimo(),
 }
 
 

@@ -1435,6 +1435,7 @@ class Function:
     max_positions: int = 2048
     interleaved: bool = False  # rotate neighbouring pairs (DeepSeek's rope_interleave, its complex form)
     max_key: str = "max_position_embeddings"  # the key of the context length (DBRX: max_seq_len)
+    default_partial: Optional[float] = None  # the partial rotary factor of a "default" rope that gives none (MiMo)
 
 
 FUNCTIONS: Dict[str, Function] = {
@@ -1468,6 +1469,10 @@ FUNCTIONS: Dict[str, Function] = {
     "dbrx": Function(eps_key="", eps=1e-5, max_key="max_seq_len"),
     "t5": Function("layer_norm_epsilon", 1e-6, rope="none", max_positions=512),
     "bert": Function("layer_norm_eps", 1e-12, rope="none", max_positions=512),
+    # MiMo reads rope_parameters alone (per layer type; the files' rope_theta / swa_rope_theta keys are not read)
+    "mimo_v2_flash": Function(eps=1e-5, rope="per_type", max_positions=131072, default_partial=0.334, default_rope=(
+        ("full_attention", {"rope_type": "default", "rope_theta": 5e6, "partial_rotary_factor": 0.334}),
+        ("sliding_attention", {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.334}))),
     "switch_transformers": Function("layer_norm_epsilon", 1e-6, rope="none", max_positions=512),
 }
 """The model types whose function (rope, norms, scales, routing) whatruns reads; the others are counted
@@ -1537,6 +1542,8 @@ def _rope_parameters(c: _Config, f: Function) -> Dict[Optional[str], dict]:
             d.setdefault("partial_rotary_factor", top_partial)
         elif f.partial is not None:
             d.setdefault("partial_rotary_factor", f.partial)
+        if f.default_partial is not None and d.get("rope_type", d.get("type", "default")) == "default":
+            d.setdefault("partial_rotary_factor", f.default_partial)
         if d.get("rope_type", d.get("type", "default")) in ("llama3", "yarn", "longrope"):
             top_original = c.raw("original_max_position_embeddings", None)
             if top_original is not None and "original_max_position_embeddings" not in d:
@@ -1662,6 +1669,11 @@ def _model_function(c: _Config, model_type: str, spec: Transformer) -> dict:
             out["moe"] = dict(expert_capacity=c.size("expert_capacity", 64))
     if model_type == "bert":  # each sublayer's LayerNorm after its residual add
         out["model"] = dict(post_norm=True)
+    if model_type == "mimo_v2_flash":
+        scale = _float(c, "attention_value_scale", 0.707)
+        out["attention"] = dict(value_scale=1.0 if scale is None else scale)
+        out["moe"] = dict(routed_scale=_float(c, "routed_scaling_factor", 1.0) or 1.0, groups=c.size("n_group", 1),
+                          group_top_k=c.size("topk_group", 1), renormalize=c.flag("norm_topk_prob", True))
     if model_type == "phimoe":  # sparsemixer's threshold is the router's jitter (used at inference too)
         out["moe"] = dict(router_eps=_float(c, "router_jitter_noise", 0.01))
     return out

@@ -213,6 +213,7 @@ FAMILIES: Dict[str, List[Rule]] = {
 
 FAMILIES["granitemoe"] = LLAMA
 FAMILIES["phimoe"] = LLAMA
+FAMILIES["mimo_v2_flash"] = LLAMA
 
 
 def _qkv_sizes(model, layer: int):
