@@ -23,7 +23,7 @@ from whatruns import count, load
 from whatruns.measure import count_flops
 from whatruns.nn import MoELayer
 from whatruns.spec import MoE
-from whatruns.weights import FAMILIES, from_transformers
+from whatruns.weights import FAMILIES, WRAPPED, from_transformers
 
 transformers.logging.set_verbosity_error()
 torch.set_num_threads(1)
@@ -238,6 +238,51 @@ def mimo(draw):
 
 
 @st.composite
+def step3p7(draw):
+    """Step 3.5 / 3.7's text model (``step3p5``), inside the ``step3p7`` wrapper transformers builds it in (a
+    one-layer vision tower of width 8 beside it, unused by text)."""
+    K = draw(st.integers(1, 2))
+    H = K * draw(st.integers(1, 2))
+    L = draw(st.integers(2, 3))
+    E = draw(st.integers(2, 4))
+    types = draw(st.lists(st.sampled_from(["full_attention", "sliding_attention"]), min_size=L, max_size=L))
+    text = dict(vocab_size=V, hidden_size=8, num_hidden_layers=L, num_attention_heads=H, num_key_value_heads=K,
+                head_dim=draw(st.sampled_from([4, 8])), intermediate_size=draw(st.integers(2, 8)),
+                moe_intermediate_size=draw(st.integers(2, 6)), n_routed_experts=E,
+                num_experts_per_tok=draw(st.integers(1, 2)), share_expert_dim=draw(st.integers(2, 6)),
+                mlp_layer_types=["dense"] + draw(st.lists(st.sampled_from(["dense", "sparse"]), min_size=L - 1,
+                                                           max_size=L - 1)),
+                layer_types=types, sliding_window=draw(st.integers(1, 3)), pad_token_id=0,
+                num_sliding_attention_heads=draw(st.sampled_from([None, 2 * H])),
+                attention_bias=draw(st.booleans()), mlp_bias=draw(st.booleans()),
+                query_pre_attn_scalar=draw(st.sampled_from([None, 16])),
+                moe_router_scaling_factor=draw(st.sampled_from([1.0, 3.0])),
+                rope_theta=draw(st.sampled_from([100.0, [100.0 * (i + 1) for i in range(L)]])),
+                partial_rotary_factors=draw(st.sampled_from([None, [0.5 if t == "full_attention" else 1.0
+                                                                    for t in types]])),
+                swiglu_limits=draw(st.sampled_from([None, [0.0] + [0.5] * (L - 1)])),
+                swiglu_limits_shared=draw(st.sampled_from([None, [0.5] * L])), rms_norm_eps=1e-5)
+    text = {k: v for k, v in text.items() if v is not None}
+    return dict(text_config=text, tie_word_embeddings=draw(st.booleans()), image_token_id=V - 1,
+                vision_config=dict(hidden_size=8, intermediate_size=8, num_hidden_layers=1, num_attention_heads=2,
+                                   image_size=28, patch_size=14, max_position_embeddings=4))
+
+
+@st.composite
+def qwen3_vl_moe(draw):
+    """Qwen3-VL-MoE's text model (``qwen3_vl_moe_text``), inside the wrapper that holds its LM head (a one-layer
+    vision tower of width 8 beside it, unused by text)."""
+    cfg = draw(moe_like("qwen3_moe"))
+    cfg.pop("norm_topk_prob"), cfg.pop("tie_word_embeddings")
+    cfg.update(attention_bias=draw(st.booleans()), mlp_only_layers=draw(st.sampled_from([[], [0]])))
+    if "rope_scaling" in cfg:
+        cfg["rope_parameters"] = {**cfg.pop("rope_scaling"), "rope_theta": cfg.pop("rope_theta")}
+    return dict(text_config=cfg, tie_word_embeddings=draw(st.booleans()), image_token_id=V - 1, video_token_id=V - 2,
+                vision_config=dict(depth=1, hidden_size=8, intermediate_size=8, num_heads=2,
+                                   out_hidden_size=cfg["hidden_size"], deepstack_visual_indexes=[]))
+
+
+@st.composite
 def gpt2(draw):
     H = draw(st.integers(1, 3))
     return dict(vocab_size=V, n_embd=4 * H, n_layer=draw(st.integers(1, 2)), n_head=H, n_positions=16,
@@ -255,17 +300,21 @@ GENERATORS = {
     "deepseek_v2": deepseek("deepseek_v2"), "deepseek_v3": deepseek("deepseek_v3"),
     "gpt_oss": gpt_oss(), "gpt2": gpt2(), "dbrx": dbrx(), "llama4_text": llama4(),
     "t5": t5(), "switch_transformers": t5("switch_transformers"), "bert": bert(),
-    "mimo_v2_flash": mimo(),
+    "mimo_v2_flash": mimo(), "step3p7": step3p7(), "qwen3_vl_moe": qwen3_vl_moe(),
 }
 
 
 def test_every_loadable_family_has_a_generator():
-    assert set(GENERATORS) | {"kimi_k2"} == set(FAMILIES)
+    """Every family whose weights whatruns maps is drawn: on its own, or inside the wrapper transformers builds
+    it in (its text model has no class with an LM head of its own)."""
+    inside = {family for family, _ in WRAPPED.values()}
+    assert set(GENERATORS) | {"kimi_k2"} == (set(FAMILIES) - inside) | set(WRAPPED)
 
 
 # the class that holds the LM head, where AutoModelForCausalLM has none (or another one) for the model type
 HF_CLASS = {"t5": "T5ForConditionalGeneration", "switch_transformers": "SwitchTransformersForConditionalGeneration",
-            "bert": "BertForMaskedLM"}
+            "bert": "BertForMaskedLM", "step3p7": "Step3p7ForConditionalGeneration",
+            "qwen3_vl_moe": "Qwen3VLMoeForConditionalGeneration"}
 ENCODER_DECODER = ("t5", "switch_transformers")
 
 
@@ -276,7 +325,8 @@ def _hf(model_type, cfg):
     config = CONFIG_MAPPING[model_type](**cfg)
     try:
         if model_type in HF_CLASS:
-            model = getattr(transformers, HF_CLASS[model_type])._from_config(config).eval()
+            model = getattr(transformers, HF_CLASS[model_type])._from_config(config, experts_implementation="eager")
+            model.eval()
         else:
             model = AutoModelForCausalLM.from_config(config, experts_implementation="eager").eval()
         # inference only: and torch's module tracker (in its FLOP counter) fails on a module handed views of

@@ -1234,11 +1234,30 @@ def _step3p5(d: dict) -> Transformer:
                   shared=FFN(c.size("share_expert_dim"), bias=mlp_bias), shared_experts=1)
     if "dense" in kinds:
         ffn = FFN(c.size("intermediate_size"), bias=mlp_bias)
+    # SwiGLU limits per layer (the function, not the count): swiglu_limits for the routed experts,
+    # swiglu_limits_shared for the shared expert and the dense FFN; 0 or null: none
+    limits, shared_limits = (_limits(c, key, L) for key in ("swiglu_limits", "swiglu_limits_shared"))
+
+    def layer_ffn(i, kind):
+        if kind == "sparse":
+            return moe.with_(expert=moe.expert.with_(clamp=limits[i]), shared=moe.shared.with_(clamp=shared_limits[i]))
+        return ffn.with_(clamp=shared_limits[i])
+
     blocks = [Block(Attention(heads=heads, kv_heads=k, head_dim=hd, bias=bias, out_bias=bias, qk_norm="head",
-                              gate="head", window=window if t == "sliding_attention" else 0),
-                    moe if kind == "sparse" else ffn) for t, (heads, k, hd), kind in zip(types, shapes, kinds)]
+                              gate="head", window=window if t == "sliding_attention" else 0), layer_ffn(i, kind))
+              for i, (t, (heads, k, hd), kind) in enumerate(zip(types, shapes, kinds))]
     return Transformer(vocab=c.size("vocab_size"), width=D, blocks=blocks, tied=c.flag("tie_word_embeddings", False),
                        name=c.name("step3p5"))
+
+
+def _limits(c: _Config, key: str, L: int) -> List[float]:
+    """A per-layer list of clamp bounds (Step 3.5's swiglu limits), 0.0 for none (absent, null or 0)."""
+    v = _trimmed(c, key, L)
+    if v is None:
+        return [0.0] * L
+    if any(x is not None and (isinstance(x, bool) or not isinstance(x, (int, float)) or x < 0) for x in v):
+        raise c.error(f"{key} must be non-negative numbers or null, got {_short_repr(v)}")
+    return [float(x or 0.0) for x in v]
 
 
 def _dbrx(d: dict) -> Transformer:
@@ -1469,6 +1488,9 @@ FUNCTIONS: Dict[str, Function] = {
     "dbrx": Function(eps_key="", eps=1e-5, max_key="max_seq_len"),
     "t5": Function("layer_norm_epsilon", 1e-6, rope="none", max_positions=512),
     "bert": Function("layer_norm_eps", 1e-12, rope="none", max_positions=512),
+    "step3p5": Function(eps=1e-5, offset=True, rope="step", max_positions=128000),
+    # mRoPE: for text alone its three position streams are equal, which is plain rope
+    "qwen3_vl_moe_text": Function(theta=500000.0, max_positions=128000),
     # MiMo reads rope_parameters alone (per layer type; the files' rope_theta / swa_rope_theta keys are not read)
     "mimo_v2_flash": Function(eps=1e-5, rope="per_type", max_positions=131072, default_partial=0.334, default_rope=(
         ("full_attention", {"rope_type": "default", "rope_theta": 5e6, "partial_rotary_factor": 0.334}),
@@ -1551,6 +1573,8 @@ def _rope_parameters(c: _Config, f: Function) -> Dict[Optional[str], dict]:
             d.setdefault("original_max_position_embeddings", c.raw("max_position_embeddings", f.max_positions))
         return d
 
+    if f.rope == "step":
+        return _step_rope_parameters(c, params, nested)
     if f.rope == "per_type":
         if nested:
             return {k: complete(v or {}, f.theta) for k, v in nested.items()}
@@ -1560,6 +1584,31 @@ def _rope_parameters(c: _Config, f: Function) -> Dict[Optional[str], dict]:
         local = complete({"rope_type": "default", "rope_theta": c.raw("rope_local_base_freq", 10000.0)}, 1e4)
         return {"full_attention": full, "sliding_attention": local}
     return {None: complete(params, top_theta if top_theta is not None else f.theta)}
+
+
+def _step_rope_parameters(c: _Config, params: dict, nested: dict) -> Dict[Optional[str], dict]:
+    """Step 3.5's rope per layer type, as its config class builds it: ``rope_parameters`` already per type (a
+    file transformers saved), else from ``rope_theta`` (one number, or one per layer) and
+    ``partial_rotary_factors`` (one per layer), each type's taken from its first layer, ``rope_scaling`` on
+    the full-attention layers."""
+    L = c.size("num_hidden_layers")
+    types = _trimmed(c, "layer_types", L) or ["full_attention"] * L
+    if nested and all(isinstance(nested.get(t), dict) for t in set(types)):
+        return {t: dict(nested[t]) for t in set(types)}
+    theta = c.raw("rope_theta", 10000.0)
+    thetas = _trimmed(c, "rope_theta", L) if isinstance(theta, list) else [theta] * L
+    partials = _trimmed(c, "partial_rotary_factors", L)
+    scaling = c.raw("rope_scaling", None)
+    out = {}
+    for t in set(types):
+        i = types.index(t)
+        d = {"rope_type": "default", "rope_theta": thetas[i]}
+        if partials:
+            d["partial_rotary_factor"] = partials[i]
+        if isinstance(scaling, dict) and t == "full_attention":
+            d.update(scaling)
+        out[t] = d
+    return out
 
 
 def _with_function(spec: Transformer, d: dict, model_type: str) -> Transformer:
@@ -1674,6 +1723,13 @@ def _model_function(c: _Config, model_type: str, spec: Transformer) -> dict:
         out["attention"] = dict(value_scale=1.0 if scale is None else scale)
         out["moe"] = dict(routed_scale=_float(c, "routed_scaling_factor", 1.0) or 1.0, groups=c.size("n_group", 1),
                           group_top_k=c.size("topk_group", 1), renormalize=c.flag("norm_topk_prob", True))
+    if model_type == "step3p5":  # the softmax scale query_pre_attn_scalar^-1/2 (default: head_dim's)
+        q = c.raw("query_pre_attn_scalar", None)
+        q = c.size("head_dim", 128) if q is None else q
+        if isinstance(q, bool) or not isinstance(q, (int, float)) or not q > 0:
+            raise c.error(f"query_pre_attn_scalar must be a positive number, got {_short_repr(q)}")
+        out["attention"] = dict(scale=float(q) ** -0.5)
+        out["moe"] = dict(routed_scale=_float(c, "moe_router_scaling_factor", 1.0))
     if model_type == "phimoe":  # sparsemixer's threshold is the router's jitter (used at inference too)
         out["moe"] = dict(router_eps=_float(c, "router_jitter_noise", 0.01))
     return out

@@ -51,6 +51,7 @@ LLAMA: List[Rule] = [
     (r"model\.layers\.(\d+)\.self_attn\.(q|k|v|o)_proj\.(weight|bias)", r"decoder.blocks.\1.attn.\2.\3", _same),
     (r"model\.layers\.(\d+)\.self_attn\.(q|k)_norm\.weight", r"decoder.blocks.\1.attn.\2_head_norm.weight", _same),
     (r"model\.layers\.(\d+)\.self_attn\.sinks", r"decoder.blocks.\1.attn.sinks", _same),
+    (r"model\.layers\.(\d+)\.self_attn\.g_proj\.weight", r"decoder.blocks.\1.attn.g.weight", _same),  # per-head gate
     # MLA
     (r"model\.layers\.(\d+)\.self_attn\.q_a_proj\.(weight|bias)", r"decoder.blocks.\1.attn.q_a.\2", _same),
     (r"model\.layers\.(\d+)\.self_attn\.q_a_layernorm\.weight", r"decoder.blocks.\1.attn.q_norm.weight", _same),
@@ -214,6 +215,32 @@ FAMILIES: Dict[str, List[Rule]] = {
 FAMILIES["granitemoe"] = LLAMA
 FAMILIES["phimoe"] = LLAMA
 FAMILIES["mimo_v2_flash"] = LLAMA
+FAMILIES["step3p5"] = LLAMA
+FAMILIES["qwen3_vl_moe_text"] = LLAMA
+
+
+WRAPPED: Dict[str, Tuple[str, str]] = {
+    "step3p7": ("step3p5", "model.language_model."),
+    "qwen3_vl_moe": ("qwen3_vl_moe_text", "model.language_model."),
+}
+"""Wrapper (multimodal) model types whose text model's weights :func:`load_hf_state_dict` maps: the text
+model's family, and the prefix its weights have inside the wrapper (read as ``model.``). The vision tower,
+projector and other towers are not part of the text model: their tensors are left out."""
+
+_TOWERS = ("model.visual.", "model.vision_model.", "model.vision_tower.", "model.multi_modal_projector.",
+           "model.audio_tower.", "model.embed_vision.", "model.embed_audio.", "vision_tower.", "multi_modal_projector.")
+
+
+def _text_weights(state_dict, model_type):
+    """The text model's tensors of a wrapper's state dict, under the text model's own names."""
+    family, prefix = WRAPPED[model_type]
+    out = {}
+    for name, tensor in state_dict.items():
+        if name.startswith(prefix):
+            out["model." + name[len(prefix):]] = tensor
+        elif not name.startswith(_TOWERS):
+            out[name] = tensor
+    return out, family
 
 
 def _qkv_sizes(model, layer: int):
@@ -225,6 +252,8 @@ def convert_state_dict(state_dict: Dict[str, torch.Tensor], model_type: str, mod
     """``state_dict`` (transformers' names) renamed and reshaped into ``model``'s (a
     :class:`whatruns.nn.TransformerLM` built from the same config). Buffers transformers recomputes
     (rotary frequencies) are skipped; every other tensor must land somewhere."""
+    if model_type in WRAPPED:
+        state_dict, model_type = _text_weights(state_dict, model_type)
     rules = FAMILIES.get(model_type)
     if rules is None:
         raise SpecError(f"whatruns cannot load {model_type!r} weights yet; it loads {', '.join(sorted(FAMILIES))}")
