@@ -48,7 +48,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 from .spec import (BOUNDS, FFN, ROPE_SCALINGS, MoE, Attention, Block, Indexer, LinearAttention, Mamba2, Norm, Rope,
                    Run, SpecError, Storage, Transformer, from_dict, runs)
 
-__all__ = ["load", "resolve", "from_hf", "text_model", "SUPPORTED"]
+__all__ = ["load", "resolve", "from_hf", "text_model", "storage", "rope_from", "SUPPORTED", "WRAPPERS", "FUNCTIONS",
+           "Wrapper", "Function"]
 
 _REQUIRED = object()  # a size with no default: it must be in the config
 _ABSENT = object()
