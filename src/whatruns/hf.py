@@ -1587,7 +1587,7 @@ def _model_function(c: _Config, model_type: str, spec: Transformer) -> dict:
                           renormalize=c.flag("norm_topk_prob", True))
     if model_type in ("deepseek_v3", "kimi_k2", "deepseek_v32", "glm_moe_dsa", "deepseek_v2"):
         # the softmax scale of MLA with YaRN: 1/sqrt(q head size) times mscale(factor, mscale_all_dim)^2
-        a = spec.attention if spec.blocks else None
+        a = next((r.block.mixer for r in spec.blocks if isinstance(r.block.mixer, Attention)), None)
         scale = None
         if a is not None:
             params = _rope_parameters(c, FUNCTIONS[model_type])[None]
