@@ -706,3 +706,11 @@ def test_deepseek_v3_score_bias_is_a_buffer():
     assert spec.moe.score_bias and spec.moe.score_bias_buffer
     assert count(spec.with_(moe=spec.moe.__class__(**{**spec.moe.__dict__, "score_bias_buffer": False}))
                  ).total_params == count(spec).total_params + 2 * 384
+
+
+def test_readme_lists_every_model_type_and_wrapper():
+    import re
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    listed = set(re.findall(r"[a-z0-9_]+", readme[readme.index("for 35 model types"):readme.index("counted as its text")]))
+    assert set(SUPPORTED) | set(WRAPPERS) <= listed
+    assert f"for {len(SUPPORTED)} model types" in readme

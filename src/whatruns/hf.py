@@ -48,7 +48,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 from .spec import (BOUNDS, FFN, ROPE_SCALINGS, MoE, Attention, Block, Indexer, LinearAttention, Mamba2, Norm, Rope,
                    Run, SpecError, Storage, Transformer, from_dict, runs)
 
-__all__ = ["load", "resolve", "from_hf", "text_model", "SUPPORTED"]
+__all__ = ["load", "resolve", "from_hf", "text_model", "storage", "rope_from", "SUPPORTED", "WRAPPERS", "FUNCTIONS",
+           "Wrapper", "Function"]
 
 _REQUIRED = object()  # a size with no default: it must be in the config
 _ABSENT = object()
@@ -1671,7 +1672,7 @@ def _model_function(c: _Config, model_type: str, spec: Transformer) -> dict:
                           renormalize=c.flag("norm_topk_prob", True))
     if model_type in ("deepseek_v3", "kimi_k2", "deepseek_v32", "glm_moe_dsa", "deepseek_v2"):
         # the softmax scale of MLA with YaRN: 1/sqrt(q head size) times mscale(factor, mscale_all_dim)^2
-        a = next((b.mixer for b in (r.block for r in spec.blocks) if isinstance(b.mixer, Attention)), None)
+        a = next((r.block.mixer for r in spec.blocks if isinstance(r.block.mixer, Attention)), None)
         scale = None
         if a is not None:
             params = _rope_parameters(c, FUNCTIONS[model_type])[None]

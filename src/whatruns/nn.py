@@ -1243,7 +1243,7 @@ class Cache:
     """What incremental decoding keeps between steps, layer by layer (``layers[i]``, a dict of tensors):
     attention's keys and values (``k``, ``v``; MLA's ``latent`` and ``k_rope``; an indexer's ``index_k``)
     with their ``positions``, a recurrent layer's ``state`` and ``conv`` inputs. ``length``: tokens seen.
-    :meth:`nbytes` is what :func:`whatruns.serve.kv_cache_bytes` counts (positions are bookkeeping, not
+    :meth:`Cache.nbytes` is what :func:`whatruns.serve.kv_cache_bytes` counts (positions are bookkeeping, not
     cache)."""
 
     def __init__(self):
@@ -1251,6 +1251,7 @@ class Cache:
         self.layers = {}
 
     def nbytes(self) -> int:
+        """Bytes the cache holds: every tensor but the positions."""
         return sum(t.numel() * t.element_size() for layer in self.layers.values() for name, t in layer.items()
                    if name != "positions")
 

@@ -1214,7 +1214,7 @@ def _build(cls, body: dict, where: str):
     for k, v in body.items():
         if k in ("mixer", "ffn") and cls is Block and v is not None:
             v = _build_kind(_MIXER_KINDS if k == "mixer" else _FFN_KINDS, v, f"{where}.{k}")
-        elif k in _NESTED and v is not None:
+        elif k in _NESTED and isinstance(v, dict):  # (Indexer.shared is a flag, MoE.shared an FFN)
             v = _build(_NESTED[k], v, f"{where}.{k}")
         elif k in ("blocks", "encoder") and cls is Transformer:
             if not isinstance(v, list):
