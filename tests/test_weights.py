@@ -132,9 +132,18 @@ def deepseek(draw, model_type):
                qk_rope_head_dim=rope, qk_nope_head_dim=draw(st.sampled_from([4, 8])), v_head_dim=draw(st.sampled_from([2, 4])),
                n_shared_experts=draw(st.integers(0, 2)), tie_word_embeddings=draw(st.booleans()), pad_token_id=0,
                attention_bias=draw(st.booleans()))
-    if model_type == "deepseek_v3":
+    if model_type in ("deepseek_v3", "deepseek_v32", "glm_moe_dsa"):
         cfg.update(n_group=G, topk_group=1, routed_scaling_factor=draw(st.sampled_from([1.0, 2.5])),
                    norm_topk_prob=draw(st.booleans()))
+    if model_type in ("deepseek_v32", "glm_moe_dsa"):  # sparse attention: an indexer picks top-k keys per query
+        L = draw(st.integers(2, 3))
+        cfg.update(q_lora_rank=4, num_hidden_layers=L, index_n_heads=draw(st.integers(1, 2)),
+                   index_head_dim=draw(st.sampled_from([4, 6])), index_topk=draw(st.integers(1, 3)),
+                   rope_theta=draw(st.sampled_from([100.0, 10000.0])))
+        if model_type == "glm_moe_dsa":
+            cfg["indexer_types"] = ["full"] + draw(st.lists(st.sampled_from(["full", "shared"]), min_size=L - 1,
+                                                            max_size=L - 1))
+    if model_type in ("deepseek_v3", "deepseek_v32"):
         if draw(st.booleans()):
             cfg.update(rope_scaling={"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 8,
                                      "mscale": 1.0, "mscale_all_dim": draw(st.sampled_from([0.0, 1.0])),
@@ -298,6 +307,7 @@ GENERATORS = {
     "olmoe": moe_like("olmoe"), "granitemoe": moe_like("granitemoe"), "minimax_m2": moe_like("minimax_m2"),
     "glm4_moe": moe_like("glm4_moe"), "phimoe": moe_like("phimoe"),
     "deepseek_v2": deepseek("deepseek_v2"), "deepseek_v3": deepseek("deepseek_v3"),
+    "deepseek_v32": deepseek("deepseek_v32"), "glm_moe_dsa": deepseek("glm_moe_dsa"),
     "gpt_oss": gpt_oss(), "gpt2": gpt2(), "dbrx": dbrx(), "llama4_text": llama4(),
     "t5": t5(), "switch_transformers": t5("switch_transformers"), "bert": bert(),
     "mimo_v2_flash": mimo(), "step3p7": step3p7(), "qwen3_vl_moe": qwen3_vl_moe(),
@@ -385,7 +395,8 @@ def _margins(layer, x):
 
 
 def _no_near_ties(model, ids, positions=None):
-    """Whether every token's routing has a clear winner: a margin above 1e-5 (:func:`_margins`)."""
+    """Whether every token's routing has a clear winner: a margin above 1e-5 (:func:`_margins`), and every sparse-
+    attention indexer's choice of keys too."""
     margins = []
 
     def hook(layer, args, kwargs, output):
@@ -393,7 +404,25 @@ def _no_near_ties(model, ids, positions=None):
         x = (args[0] if x is None else x).reshape(-1, args[0].shape[-1])
         margins.append(_margins(layer, x))
 
+    def indexer_hook(indexer, args, kwargs, output):
+        # the keys an indexer keeps: its top_k scores, a gap to the next visible key's (ReLU makes exact ties)
+        scores = indexer.scores(args[0], args[1], kwargs.get("positions"))
+        mask, causal = args[2], args[3]
+        T, S = scores.shape[-2:]
+        if mask is None:  # a decoder's plain causal attention
+            base = torch.ones(T, S, dtype=torch.bool).tril() if causal else torch.ones(T, S, dtype=torch.bool)
+        else:
+            base = (mask if mask.dim() == 2 else mask[:, 0]) == 0
+        base = base.expand_as(scores)
+        k = indexer.i.top_k
+        seen = scores.masked_fill(~base, float("-inf")).sort(dim=-1, descending=True).values
+        many = base.sum(-1) > k  # rows with more visible keys than picks
+        if many.any():
+            margins.append(float((seen[..., k - 1] - seen[..., k])[many].min()))
+
     handles = [m.register_forward_hook(hook, with_kwargs=True) for m in model.modules() if isinstance(m, MoELayer)]
+    handles += [m.register_forward_hook(indexer_hook, with_kwargs=True) for m in model.modules()
+                if type(m).__name__ == "Indexer"]
     with torch.no_grad():
         model(ids, positions=positions)
     for h in handles:

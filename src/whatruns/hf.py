@@ -628,7 +628,7 @@ def _deepseek(d: dict, model_type: str) -> Transformer:
     indexer = None
     if dsa:
         indexer = Indexer(c.size("index_n_heads", dsa["index_heads"]), c.size("index_head_dim", 128),
-                          c.size("index_topk", 2048))
+                          c.size("index_topk", 2048), interleaved=model_type == "glm_moe_dsa")  # GLM-5: pairs
     attn = Attention(heads=H, kv_heads=H, head_dim=nope + rope, v_head_dim=c.size("v_head_dim", dsa["v"] if dsa else 128),
                      bias=attn_bias, out_bias=attn_bias, q_lora_rank=q_lora or 0,
                      kv_lora_rank=c.size("kv_lora_rank", 512), rope_head_dim=rope, indexer=indexer)

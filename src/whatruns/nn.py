@@ -566,8 +566,9 @@ class Indexer(nn.Module):
         scores = self.scores(x, q_latent, positions, cache)
         S = scores.shape[-1]
         base = mask if mask is not None else (_causal_mask(T, x.dtype) if causal else None)
-        if base is not None:
-            scores = scores + (base if base.dim() == 2 else base.amax(dim=0))
+        if base is not None:  # (T, S); per packed row (B, 1, T, S); per head (H, T, S): what any head sees
+            base = base if base.dim() == 2 else base[:, 0] if base.dim() == 4 else base.amax(dim=0)
+            scores = scores + base
         keep = scores.topk(min(i.top_k, S), dim=-1).indices
         sparse = torch.full((B, T, S), float("-inf"), dtype=x.dtype).scatter(-1, keep, 0.0)
         if base is not None:

@@ -216,6 +216,11 @@ FAMILIES["granitemoe"] = LLAMA
 FAMILIES["phimoe"] = LLAMA
 FAMILIES["mimo_v2_flash"] = LLAMA
 FAMILIES["step3p5"] = LLAMA
+FAMILIES["deepseek_v32"] = FAMILIES["glm_moe_dsa"] = [
+    (r"model\.layers\.(\d+)\.self_attn\.indexer\.(wq_b|wk|weights_proj)\.weight", r"decoder.blocks.\1.attn.indexer.\2.weight",
+     _same),
+    (r"model\.layers\.(\d+)\.self_attn\.indexer\.k_norm\.(weight|bias)", r"decoder.blocks.\1.attn.indexer.k_norm.\2", _same),
+] + LLAMA
 FAMILIES["qwen3_vl_moe_text"] = LLAMA
 
 
