@@ -22,7 +22,7 @@ from transformers import CONFIG_MAPPING, AutoModelForCausalLM
 from whatruns import count, load
 from whatruns.measure import count_flops
 from whatruns.nn import MoELayer
-from whatruns.spec import MoE
+from whatruns.spec import LinearAttention, Mamba2, MoE
 from whatruns.weights import FAMILIES, WRAPPED, from_transformers
 
 transformers.logging.set_verbosity_error()
@@ -292,6 +292,32 @@ def qwen3_vl_moe(draw):
 
 
 @st.composite
+def qwen_hybrid(draw, model_type):
+    """Qwen3-Next and Qwen3.5: gated DeltaNet layers and gated full attention, by layer_types."""
+    K = draw(st.integers(1, 2))
+    H = K * draw(st.integers(1, 2))
+    Hk = draw(st.integers(1, 2))
+    L = draw(st.integers(2, 3))
+    cfg = dict(vocab_size=V, hidden_size=8, num_hidden_layers=L, num_attention_heads=H, num_key_value_heads=K,
+               head_dim=draw(st.sampled_from([8, 16])), intermediate_size=draw(st.integers(2, 8)),
+               linear_num_key_heads=Hk, linear_num_value_heads=Hk * draw(st.integers(1, 2)),
+               linear_key_head_dim=draw(st.sampled_from([2, 4])), linear_value_head_dim=draw(st.sampled_from([2, 4])),
+               linear_conv_kernel_dim=draw(st.integers(2, 4)), attention_bias=draw(st.booleans()),
+               layer_types=draw(st.lists(st.sampled_from(["linear_attention", "full_attention"]), min_size=L,
+                                         max_size=L)),
+               rms_norm_eps=draw(st.sampled_from([1e-6, 1e-3])), rope_theta=draw(st.sampled_from([100.0, 10000.0])),
+               tie_word_embeddings=draw(st.booleans()), pad_token_id=0)
+    if model_type != "qwen3_5_text":
+        E = draw(st.integers(2, 4))
+        cfg.update(num_experts=E, num_experts_per_tok=draw(st.integers(1, 2)), moe_intermediate_size=draw(st.integers(2, 6)),
+                   shared_expert_intermediate_size=draw(st.integers(2, 6)))
+    if model_type == "qwen3_next":
+        cfg.update(norm_topk_prob=draw(st.booleans()), decoder_sparse_step=draw(st.integers(1, 2)),
+                   mlp_only_layers=draw(st.sampled_from([[], [0]])))
+    return cfg
+
+
+@st.composite
 def gpt2(draw):
     H = draw(st.integers(1, 3))
     return dict(vocab_size=V, n_embd=4 * H, n_layer=draw(st.integers(1, 2)), n_head=H, n_positions=16,
@@ -310,7 +336,8 @@ GENERATORS = {
     "deepseek_v32": deepseek("deepseek_v32"), "glm_moe_dsa": deepseek("glm_moe_dsa"),
     "gpt_oss": gpt_oss(), "gpt2": gpt2(), "dbrx": dbrx(), "llama4_text": llama4(),
     "t5": t5(), "switch_transformers": t5("switch_transformers"), "bert": bert(),
-    "mimo_v2_flash": mimo(), "step3p7": step3p7(), "qwen3_vl_moe": qwen3_vl_moe(),
+    "mimo_v2_flash": mimo(), "qwen3_next": qwen_hybrid("qwen3_next"), "qwen3_5_text": qwen_hybrid("qwen3_5_text"),
+    "qwen3_5_moe_text": qwen_hybrid("qwen3_5_moe_text"), "step3p7": step3p7(), "qwen3_vl_moe": qwen3_vl_moe(),
 }
 
 
@@ -459,9 +486,17 @@ def test_same_weights_same_logits(model_type):
     assert len(compared) >= 3, f"only {len(compared)} drawn configs were compared"  # the rest transformers refused
 
 
+def _conv_extra(m, B, T) -> int:
+    """A recurrent layer's causal convolution in transformers: its default forward keeps a cache, which pads a
+    prompt shorter than the kernel K to K inputs; the convolution is then padded K - 1 on both ends, the last T
+    of its max(T, K) + K - 1 outputs kept -- 2K FLOPs a channel and output. whatruns computes T outputs."""
+    return 2 * B * m.conv_channels * m.conv * (max(T, m.conv) + m.conv - 1 - T)
+
+
 def _extra_flops(model_type, hf, spec, ids) -> int:
     """What transformers' own model computes beyond count()'s FLOPs, by the way it computes (0 for most)."""
     N, D = ids.numel(), spec.width
+    B, T = ids.shape
     extra = 0
     if model_type == "switch_transformers":  # a token an expert has no room for (expert_capacity) skips it: the
         # expert's two matmuls, 2 * 2DF, not run for it -- as many as transformers' router drops
@@ -474,7 +509,17 @@ def _extra_flops(model_type, hf, spec, ids) -> int:
             h.remove()
         extra -= sum(N - k for k in kept) * 4 * D * spec.moe.expert.width
     for block in (r.block for r in spec.blocks for _ in range(r.repeat)):
-        f = block.ffn
+        f, m = block.ffn, block.mixer
+        if isinstance(m, LinearAttention):
+            # transformers runs a sequence's gated delta rule in chunks of c = 64 (torch_chunk_gated_delta_rule, the
+            # sequence padded to a whole chunk), per sequence and value head: two c x c products over dk (the UT
+            # system and the in-chunk attention), one of c x c by dv, three of c by dk x dv; the two triangular
+            # solves torch does not count. whatruns runs the recurrence: three dk x dv products a token.
+            c, chunks = 64, -(-T // 64)
+            dk, dv = m.key_dim, m.value_dim
+            extra += B * m.heads * (chunks * (4 * c * c * dk + 2 * c * c * dv + 6 * c * dk * dv) - 6 * T * dk * dv)
+        if isinstance(m, (LinearAttention, Mamba2)):
+            extra += _conv_extra(m, B, T)
         if model_type == "llama4_text" and isinstance(f, MoE):
             # Llama 4's experts run on every token (the unchosen ones read it scaled by sigmoid(-inf) = 0): one
             # bmm of (E, N, D) by (E, D, 2F) and one of (E, N, F) by (E, F, D), where count() has k rows a token

@@ -709,7 +709,8 @@ def _qwen3_next(d: dict, model_type: str = "qwen3_next") -> Transformer:
     if Hv % Hk:
         raise c.error(f"linear_num_value_heads ({Hv}) must be a multiple of linear_num_key_heads ({Hk})")
     linear = LinearAttention(heads=Hv, key_heads=Hk, key_dim=c.size("linear_key_head_dim", 128),
-                             value_dim=c.size("linear_value_head_dim", 128), conv=c.size("linear_conv_kernel_dim", 4))
+                             value_dim=c.size("linear_value_head_dim", 128), conv=c.size("linear_conv_kernel_dim", 4),
+                             activation=_activation(c, "hidden_act", "silu"))
     interval = c.size("full_attention_interval", 4)
     types = _layer_types(c, L, ["linear_attention" if (i + 1) % interval else "full_attention" for i in range(L)])
     other = attn if model_type == "qwen3_5_text" else None
@@ -1492,6 +1493,10 @@ FUNCTIONS: Dict[str, Function] = {
     "step3p5": Function(eps=1e-5, offset=True, rope="step", max_positions=128000),
     # mRoPE: for text alone its three position streams are equal, which is plain rope
     "qwen3_vl_moe_text": Function(theta=500000.0, max_positions=128000),
+    # (1 + w) norms (the DeltaNet's gated output norm excepted: plain w), rope on a quarter of each head
+    "qwen3_next": Function(offset=True, partial=0.25, max_positions=32768),
+    "qwen3_5_text": Function(offset=True, partial=0.25, max_positions=32768),
+    "qwen3_5_moe_text": Function(offset=True, partial=0.25, max_positions=32768),
     # MiMo reads rope_parameters alone (per layer type; the files' rope_theta / swa_rope_theta keys are not read)
     "mimo_v2_flash": Function(eps=1e-5, rope="per_type", max_positions=131072, default_partial=0.334, default_rope=(
         ("full_attention", {"rope_type": "default", "rope_theta": 5e6, "partial_rotary_factor": 0.334}),

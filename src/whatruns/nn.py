@@ -581,13 +581,21 @@ def _causal_mask(T: int, dtype) -> torch.Tensor:
     return torch.zeros(T, T, dtype=dtype).masked_fill(key > q, float("-inf"))
 
 
-def causal_conv(x: torch.Tensor, conv: nn.Conv1d, cache: dict = None) -> torch.Tensor:
+def causal_conv(x: torch.Tensor, conv: nn.Conv1d, cache: dict = None, resets: torch.Tensor = None) -> torch.Tensor:
     """A depthwise causal convolution over time: ``x`` (B, T, C) -> (B, T, C), each position mixing itself
     and the ``kernel - 1`` before it. Padded on the left only, so the counter sees 2 FLOPs per tap, channel
     and position -- T positions, no more. With a decoding ``cache``, the padding is the last ``kernel - 1``
-    inputs of earlier steps (``cache["conv"]``, updated)."""
+    inputs of earlier steps (``cache["conv"]``, updated). With ``resets`` (B, T; True where a packed sequence
+    starts) each sequence is convolved alone, padded on its own left: the same FLOPs."""
     k = conv.kernel_size[0]
     h = x.transpose(1, 2)
+    if cache is None and resets is not None and bool(resets[:, 1:].any()):
+        out = torch.empty_like(h)
+        for b in range(h.shape[0]):
+            starts = [0, *(int(t) for t in resets[b, 1:].nonzero()[:, 0] + 1), h.shape[-1]]
+            for s0, s1 in zip(starts, starts[1:]):
+                out[b:b + 1, :, s0:s1] = conv(F.pad(h[b:b + 1, :, s0:s1], (k - 1, 0)))
+        return out.transpose(1, 2)
     if cache is None:
         return conv(F.pad(h, (k - 1, 0))).transpose(1, 2)
     past = cache.get("conv", h.new_zeros(h.shape[0], h.shape[1], k - 1))
@@ -623,7 +631,7 @@ class GatedDeltaNet(nn.Module):
         H, Hk, dk, dv = m.heads, m.key_heads, m.key_dim, m.value_dim
         q, k, v, z = self.in_proj_qkvz(x).split([Hk * dk, Hk * dk, H * dv, H * dv], dim=-1)
         b, a = self.in_proj_ba(x).split([H, H], dim=-1)
-        q, k, v = F.silu(causal_conv(torch.cat([q, k, v], dim=-1), self.conv1d, cache)).split(
+        q, k, v = activate(m.activation, causal_conv(torch.cat([q, k, v], dim=-1), self.conv1d, cache, resets)).split(
             [Hk * dk, Hk * dk, H * dv], dim=-1)
         if cache is not None and "state" in cache:
             state = cache["state"]
@@ -681,7 +689,8 @@ class Mamba2Mixer(nn.Module):
         B, T, _ = x.shape
         I, G, N, H, P = m.inner, m.groups, m.state, m.heads, m.head_dim
         z, xbc, dt = self.in_proj(x).split([I, I + 2 * G * N, H], dim=-1)
-        xs, Bm, Cm = F.silu(causal_conv(xbc, self.conv1d, cache)).split([I, G * N, G * N], dim=-1)
+        xs, Bm, Cm = activate(m.activation, causal_conv(xbc, self.conv1d, cache, resets)).split(
+            [I, G * N, G * N], dim=-1)
         if cache is not None and "state" in cache:
             state = cache["state"]
         xs = xs.view(B, T, H, P)

@@ -240,6 +240,8 @@ class Rope(_Part):
 # ---------------------------------------------------------------------------------------------
 # mixers: what moves information between positions
 
+ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu", "relu2", "swiglu_oai")
+
 @dataclass(frozen=True)
 class Indexer(_Part):
     """The lightning indexer of DeepSeek Sparse Attention (DeepSeek-V3.2, GLM-5): a small multi-head
@@ -399,6 +401,7 @@ class LinearAttention(_Part):
     key_dim: int
     value_dim: int
     conv: int = 4
+    activation: str = "silu"  # the function, not the count: after the convolution (the config's hidden_act)
 
     kind = "linear_attention"
 
@@ -409,6 +412,7 @@ class LinearAttention(_Part):
         _positive(o, "key_dim", self.key_dim)
         _positive(o, "value_dim", self.value_dim)
         _positive(o, "conv", self.conv)
+        _choice(o, "activation", self.activation, ACTIVATIONS)
         if self.heads % self.key_heads:
             raise SpecError(f"{o}: heads ({self.heads}) must be a multiple of key_heads ({self.key_heads})")
 
@@ -437,6 +441,7 @@ class Mamba2(_Part):
     conv_bias: bool = True
     bias: bool = False
     dt_min: float = 0.0  # the function, not the count: step sizes clamped to at least this (time_step_min)
+    activation: str = "silu"  # after the convolution (mamba_hidden_act)
 
     kind = "mamba2"
 
@@ -447,6 +452,7 @@ class Mamba2(_Part):
         _flag(o, "conv_bias", self.conv_bias)
         _flag(o, "bias", self.bias)
         _number(o, "dt_min", self.dt_min, positive=False)
+        _choice(o, "activation", self.activation, ACTIVATIONS)
         if self.inner % self.groups or self.heads % self.groups:
             raise SpecError(f"{o}: heads ({self.heads}) must be a multiple of groups ({self.groups})")
 
@@ -467,9 +473,6 @@ MIXERS = (Attention, LinearAttention, Mamba2)
 
 # ---------------------------------------------------------------------------------------------
 # FFNs: what works on each position alone
-
-ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu", "relu2", "swiglu_oai")
-
 
 @dataclass(frozen=True)
 class FFN(_Part):

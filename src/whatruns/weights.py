@@ -196,6 +196,38 @@ BERT: List[Rule] = [
     (r"cls\.predictions\.(?:decoder\.)?bias", "head_bias", _same),  # one tensor under two names
 ]
 
+def _grouped_qkvz(part):
+    """Qwen3-Next's in_proj_qkvz: per key head, [q (dk), k (dk), v (r*dv), z (r*dv)] (r value heads a key head);
+    whatruns': [q of every head | k | v | z]. ``part`` 0..3."""
+    def convert(t, model, layer):
+        m = model.decoder.blocks[layer].mixer.m
+        r = m.heads // m.key_heads
+        sizes = [m.key_dim, m.key_dim, r * m.value_dim, r * m.value_dim]
+        return t.view(m.key_heads, sum(sizes), -1).split(sizes, dim=1)[part].reshape(-1, t.shape[-1])
+    return convert
+
+
+def _grouped_ba(part):
+    """Qwen3-Next's in_proj_ba: per key head, [b (r), a (r)]; whatruns': [b of every value head | a]."""
+    def convert(t, model, layer):
+        m = model.decoder.blocks[layer].mixer.m
+        r = m.heads // m.key_heads
+        return t.view(m.key_heads, 2 * r, -1).split([r, r], dim=1)[part].reshape(-1, t.shape[-1])
+    return convert
+
+
+_GDN = r"model\.layers\.(\d+)\.linear_attn"
+QWEN3_NEXT: List[Rule] = [
+    (rf"{_GDN}\.(conv1d\.weight|dt_bias|A_log|norm\.weight|out_proj\.weight)", r"decoder.blocks.\1.mixer.\2", _same),
+    ("layered", rf"{_GDN}\.in_proj_qkvz\.weight", r"decoder.blocks.\1.mixer.in_proj_qkvz.weight", _grouped_qkvz, 4),
+    ("layered", rf"{_GDN}\.in_proj_ba\.weight", r"decoder.blocks.\1.mixer.in_proj_ba.weight", _grouped_ba, 2),
+    # Qwen3.5: the projections apart, concatenated in whatruns' order
+    ("concat", rf"{_GDN}\.in_proj_qkv\.weight", r"decoder.blocks.\1.mixer.in_proj_qkvz.weight", 0),
+    ("concat", rf"{_GDN}\.in_proj_z\.weight", r"decoder.blocks.\1.mixer.in_proj_qkvz.weight", 1),
+    ("concat", rf"{_GDN}\.in_proj_b\.weight", r"decoder.blocks.\1.mixer.in_proj_ba.weight", 0),
+    ("concat", rf"{_GDN}\.in_proj_a\.weight", r"decoder.blocks.\1.mixer.in_proj_ba.weight", 1),
+] + LLAMA
+
 FAMILIES: Dict[str, List[Rule]] = {
     **{t: LLAMA for t in ("llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe",
                           "minimax_m2", "glm4_moe", "deepseek_v2", "deepseek_v3", "kimi_k2")},
@@ -216,6 +248,7 @@ FAMILIES["granitemoe"] = LLAMA
 FAMILIES["phimoe"] = LLAMA
 FAMILIES["mimo_v2_flash"] = LLAMA
 FAMILIES["step3p5"] = LLAMA
+FAMILIES["qwen3_next"] = FAMILIES["qwen3_5_text"] = FAMILIES["qwen3_5_moe_text"] = QWEN3_NEXT
 FAMILIES["deepseek_v32"] = FAMILIES["glm_moe_dsa"] = [
     (r"model\.layers\.(\d+)\.self_attn\.indexer\.(wq_b|wk|weights_proj)\.weight", r"decoder.blocks.\1.attn.indexer.\2.weight",
      _same),
@@ -264,6 +297,7 @@ def convert_state_dict(state_dict: Dict[str, torch.Tensor], model_type: str, mod
         raise SpecError(f"whatruns cannot load {model_type!r} weights yet; it loads {', '.join(sorted(FAMILIES))}")
     out: Dict[str, torch.Tensor] = {}
     experts: Dict[str, Dict[int, torch.Tensor]] = {}  # per-expert matrices (Switch), stacked at the end
+    pieces: Dict[str, Dict[int, torch.Tensor]] = {}  # projections stored apart (Qwen3.5), concatenated at the end
     for name, tensor in state_dict.items():
         if name.endswith(("rotary_emb.inv_freq", "rotary_emb.original_inv_freq", ".masked_bias", ".attn.bias")):
             continue  # recomputed buffers (rotary frequencies; GPT-2's causal mask)
@@ -282,6 +316,21 @@ def convert_state_dict(state_dict: Dict[str, torch.Tensor], model_type: str, mod
                 conv1d = name.startswith("transformer.h.") and name.endswith("weight")  # GPT-2 stores (in, out)
                 for key, part in zip("qkv", torch.split(tensor, sizes, dim=-1 if conv1d else 0)):
                     targets.setdefault(m.expand(target).format(key), _t(part) if conv1d else part.contiguous())
+                continue
+            if rule[0] == "layered":  # a conversion that reads the layer's shapes: one part of a fused tensor each
+                _, pattern, target, convert, parts = rule
+                m = re.fullmatch(pattern, name)
+                if m:
+                    layer = int(m.group(1))
+                    targets.setdefault(m.expand(target), torch.cat([convert(p)(tensor, model, layer)
+                                                                    for p in range(parts)]).contiguous())
+                continue
+            if rule[0] == "concat":
+                _, pattern, target, index = rule
+                m = re.fullmatch(pattern, name)
+                if m:
+                    pieces.setdefault(m.expand(target), {})[index] = tensor
+                    targets[None] = None
                 continue
             if rule[0] == "per_expert":  # one expert's matrix: a slice of a stacked (E, out, in) parameter
                 _, pattern, target = rule
@@ -305,6 +354,8 @@ def convert_state_dict(state_dict: Dict[str, torch.Tensor], model_type: str, mod
         if not targets:
             raise SpecError(f"{model_type} weights: no place in the whatruns model for {name!r}")
         out.update({k: v for k, v in targets.items() if k is not None})
+    for target, parts in pieces.items():
+        out[target] = torch.cat([parts[i] for i in sorted(parts)])
     for target, parts in experts.items():
         if sorted(parts) != list(range(len(parts))):
             raise SpecError(f"{model_type} weights: {target!r} has experts {sorted(parts)}, not 0..{len(parts) - 1}")
@@ -317,6 +368,9 @@ def load_hf_state_dict(model, state_dict: Dict[str, torch.Tensor], model_type: s
     every parameter and buffer of ``model`` is set, or a :class:`~whatruns.spec.SpecError` says which is not."""
     converted = convert_state_dict(state_dict, model_type, model)
     own = model.state_dict()
+    # the norm before a layer's mixer: ``attn_norm`` when it is attention, ``mixer_norm`` (DeltaNet, Mamba-2)
+    converted = {k.replace(".attn_norm.", ".mixer_norm.") if k not in own and
+                 k.replace(".attn_norm.", ".mixer_norm.") in own else k: v for k, v in converted.items()}
     missing = [k for k in own if k not in converted and not k.endswith("score_bias")]
     extra = [k for k in converted if k not in own]
     if extra:
