@@ -318,6 +318,28 @@ def qwen_hybrid(draw, model_type):
 
 
 @st.composite
+def nemotron_h(draw):
+    L = draw(st.integers(2, 4))
+    types = draw(st.lists(st.sampled_from(["linear_attention", "moe", "full_attention", "mlp"]), min_size=L, max_size=L))
+    G = draw(st.sampled_from([1, 2]))
+    Hm = G * draw(st.integers(1, 2))
+    K = draw(st.integers(1, 2))
+    # head_dim and state of 2 or more: torch's einsum turns a contraction over one element into an elementwise
+    # product, which no FLOP counter counts, so transformers' chunked scan would count less than its formula
+    return dict(vocab_size=V, hidden_size=8, layers_block_type=types, num_attention_heads=K * draw(st.integers(1, 2)),
+                num_key_value_heads=K, head_dim=draw(st.sampled_from([2, 4])), intermediate_size=draw(st.integers(2, 8)),
+                mamba_num_heads=Hm, mamba_head_dim=draw(st.integers(2, 3)), ssm_state_size=draw(st.integers(2, 4)),
+                n_groups=G, conv_kernel=draw(st.integers(2, 4)), use_conv_bias=draw(st.booleans()),
+                chunk_size=draw(st.sampled_from([2, 4, 128])), time_step_min=draw(st.sampled_from([0.001, 0.5])),
+                n_routed_experts=4, num_experts_per_tok=draw(st.integers(1, 2)), moe_intermediate_size=draw(st.integers(2, 6)),
+                moe_shared_expert_intermediate_size=draw(st.integers(2, 6)),
+                moe_latent_size=draw(st.sampled_from([None, 4])), mlp_bias=draw(st.booleans()),
+                n_group=draw(st.sampled_from([1, 2])), topk_group=1, norm_topk_prob=draw(st.booleans()),
+                routed_scaling_factor=draw(st.sampled_from([1.0, 2.5])),
+                layer_norm_epsilon=draw(st.sampled_from([1e-5, 1e-3])), pad_token_id=0)
+
+
+@st.composite
 def gpt2(draw):
     H = draw(st.integers(1, 3))
     return dict(vocab_size=V, n_embd=4 * H, n_layer=draw(st.integers(1, 2)), n_head=H, n_positions=16,
@@ -337,7 +359,7 @@ GENERATORS = {
     "gpt_oss": gpt_oss(), "gpt2": gpt2(), "dbrx": dbrx(), "llama4_text": llama4(),
     "t5": t5(), "switch_transformers": t5("switch_transformers"), "bert": bert(),
     "mimo_v2_flash": mimo(), "qwen3_next": qwen_hybrid("qwen3_next"), "qwen3_5_text": qwen_hybrid("qwen3_5_text"),
-    "qwen3_5_moe_text": qwen_hybrid("qwen3_5_moe_text"), "step3p7": step3p7(), "qwen3_vl_moe": qwen3_vl_moe(),
+    "qwen3_5_moe_text": qwen_hybrid("qwen3_5_moe_text"), "nemotron_h": nemotron_h(), "step3p7": step3p7(), "qwen3_vl_moe": qwen3_vl_moe(),
 }
 
 
@@ -518,6 +540,14 @@ def _extra_flops(model_type, hf, spec, ids) -> int:
             c, chunks = 64, -(-T // 64)
             dk, dv = m.key_dim, m.value_dim
             extra += B * m.heads * (chunks * (4 * c * c * dk + 2 * c * c * dv + 6 * c * dk * dv) - 6 * T * dk * dv)
+        if isinstance(m, Mamba2):
+            # transformers' Mamba-2 (mamba2_chunk_scan, the sequence padded to n = ceil(T / c) chunks of c =
+            # chunk_size) contracts, per sequence and head: C with B in a chunk (c x c over N), those with x (c x c
+            # over P), the chunk's state (c over P x N), the states across chunks ((n + 1)^2 over P x N), C with the
+            # states (c over N x P). whatruns' recurrence: two P x N products a token.
+            c = hf.config.chunk_size
+            n, P, N = -(-T // c), m.head_dim, m.state
+            extra += 2 * B * m.heads * (n * c * c * (N + P) + 2 * n * c * P * N + (n + 1) ** 2 * P * N - 2 * T * P * N)
         if isinstance(m, (LinearAttention, Mamba2)):
             extra += _conv_extra(m, B, T)
         if model_type == "llama4_text" and isinstance(f, MoE):

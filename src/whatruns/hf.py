@@ -858,7 +858,9 @@ def _nemotron_h(d: dict) -> Transformer:
         blocks["linear_attention"] = Block(Mamba2(heads=heads, head_dim=c.size("mamba_head_dim", 64),
                                                   state=c.size("ssm_state_size", 128), groups=G,
                                                   conv=c.size("conv_kernel", 4), conv_bias=c.flag("use_conv_bias", True),
-                                                  bias=c.flag("use_bias", False)))
+                                                  bias=c.flag("use_bias", False),
+                                                  dt_min=_float(c, "time_step_min", 0.001),
+                                                  activation=_activation(c, "mamba_hidden_act", "silu")))
     if "full_attention" in types:
         H = c.size("num_attention_heads")
         K = c.size("num_key_value_heads", 8)
@@ -1495,6 +1497,7 @@ FUNCTIONS: Dict[str, Function] = {
     "qwen3_vl_moe_text": Function(theta=500000.0, max_positions=128000),
     # (1 + w) norms (the DeltaNet's gated output norm excepted: plain w), rope on a quarter of each head
     "qwen3_next": Function(offset=True, partial=0.25, max_positions=32768),
+    "nemotron_h": Function("layer_norm_epsilon", 1e-5, rope="none", max_positions=4096),  # attention without positions
     "qwen3_5_text": Function(offset=True, partial=0.25, max_positions=32768),
     "qwen3_5_moe_text": Function(offset=True, partial=0.25, max_positions=32768),
     # MiMo reads rope_parameters alone (per layer type; the files' rope_theta / swa_rope_theta keys are not read)
@@ -1736,6 +1739,9 @@ def _model_function(c: _Config, model_type: str, spec: Transformer) -> dict:
             raise c.error(f"query_pre_attn_scalar must be a positive number, got {_short_repr(q)}")
         out["attention"] = dict(scale=float(q) ** -0.5)
         out["moe"] = dict(routed_scale=_float(c, "moe_router_scaling_factor", 1.0))
+    if model_type == "nemotron_h":
+        out["moe"] = dict(routed_scale=_float(c, "routed_scaling_factor", 1.0), groups=c.size("n_group", 1),
+                          group_top_k=c.size("topk_group", 1), renormalize=c.flag("norm_topk_prob", True))
     if model_type == "phimoe":  # sparsemixer's threshold is the router's jitter (used at inference too)
         out["moe"] = dict(router_eps=_float(c, "router_jitter_noise", 0.01))
     return out

@@ -228,6 +228,40 @@ QWEN3_NEXT: List[Rule] = [
     ("concat", rf"{_GDN}\.in_proj_a\.weight", r"decoder.blocks.\1.mixer.in_proj_ba.weight", 1),
 ] + LLAMA
 
+_NEMOTRON_MOE = {"gate.weight": "router.weight", "gate.e_score_correction_bias": "score_bias",
+                 "experts.up_proj": "experts.up", "experts.down_proj": "experts.down",
+                 "shared_experts.up_proj.weight": "shared.up.weight", "shared_experts.down_proj.weight": "shared.down.weight",
+                 "fc1_latent_proj.weight": "latent_in.weight", "fc1_latent_proj.bias": "latent_in.bias",
+                 "fc2_latent_proj.weight": "latent_out.weight", "fc2_latent_proj.bias": "latent_out.bias",
+                 "shared_experts.up_proj.bias": "shared.up.bias", "shared_experts.down_proj.bias": "shared.down.bias"}
+
+
+def _nemotron(model, m):
+    """Nemotron-H's layer i: one norm and one ``mixer`` -- Mamba-2, attention, an MLP or a MoE -- placed by what
+    whatruns' layer i holds."""
+    from .nn import FeedForward
+    layer = model.decoder.blocks[int(m.group(1))]
+    rest = m.group(2)
+    if rest.startswith("norm."):
+        norm = "attn_norm" if layer.attn is not None else "mixer_norm" if layer.mixer is not None else "ffn_norm"
+        return f"{norm}.{rest[5:]}"
+    rest = rest[len("mixer."):]
+    if layer.mixer is not None:
+        return "mixer." + ("norm_weight" if rest == "norm.weight" else rest)
+    if layer.attn is not None:
+        return "attn." + rest.replace("_proj.", ".")
+    if isinstance(layer.ffn, FeedForward):
+        return "ffn." + rest.replace("_proj.", ".")
+    return "ffn." + _NEMOTRON_MOE.get(rest, rest)
+
+
+NEMOTRON_H: List[Rule] = [
+    (r"model\.embeddings\.weight", "embed.weight", _same),
+    (r"model\.norm_f\.weight", "decoder.norm.weight", _same),
+    (r"lm_head\.weight", "head.weight", _same),
+    ("resolve", r"model\.layers\.(\d+)\.((?:norm|mixer)\..+)", _nemotron),
+]
+
 FAMILIES: Dict[str, List[Rule]] = {
     **{t: LLAMA for t in ("llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe",
                           "minimax_m2", "glm4_moe", "deepseek_v2", "deepseek_v3", "kimi_k2")},
@@ -248,6 +282,7 @@ FAMILIES["granitemoe"] = LLAMA
 FAMILIES["phimoe"] = LLAMA
 FAMILIES["mimo_v2_flash"] = LLAMA
 FAMILIES["step3p5"] = LLAMA
+FAMILIES["nemotron_h"] = NEMOTRON_H
 FAMILIES["qwen3_next"] = FAMILIES["qwen3_5_text"] = FAMILIES["qwen3_5_moe_text"] = QWEN3_NEXT
 FAMILIES["deepseek_v32"] = FAMILIES["glm_moe_dsa"] = [
     (r"model\.layers\.(\d+)\.self_attn\.indexer\.(wq_b|wk|weights_proj)\.weight", r"decoder.blocks.\1.attn.indexer.\2.weight",
@@ -316,6 +351,12 @@ def convert_state_dict(state_dict: Dict[str, torch.Tensor], model_type: str, mod
                 conv1d = name.startswith("transformer.h.") and name.endswith("weight")  # GPT-2 stores (in, out)
                 for key, part in zip("qkv", torch.split(tensor, sizes, dim=-1 if conv1d else 0)):
                     targets.setdefault(m.expand(target).format(key), _t(part) if conv1d else part.contiguous())
+                continue
+            if rule[0] == "resolve":  # a target that depends on what the layer is
+                _, pattern, place = rule
+                m = re.fullmatch(pattern, name)
+                if m:
+                    targets.setdefault(f"decoder.blocks.{m.group(1)}." + place(model, m), tensor)
                 continue
             if rule[0] == "layered":  # a conversion that reads the layer's shapes: one part of a fused tensor each
                 _, pattern, target, convert, parts = rule
