@@ -330,7 +330,7 @@ def nemotron_h(draw):
                 num_key_value_heads=K, head_dim=draw(st.sampled_from([2, 4])), intermediate_size=draw(st.integers(2, 8)),
                 mamba_num_heads=Hm, mamba_head_dim=draw(st.integers(2, 3)), ssm_state_size=draw(st.integers(2, 4)),
                 n_groups=G, conv_kernel=draw(st.integers(2, 4)), use_conv_bias=draw(st.booleans()),
-                chunk_size=draw(st.sampled_from([2, 4, 128])), time_step_min=draw(st.sampled_from([0.001, 0.5])),
+                chunk_size=draw(st.sampled_from([2, 4, 128])), time_step_min=draw(st.sampled_from([0.001, 1.0])),
                 n_routed_experts=4, num_experts_per_tok=draw(st.integers(1, 2)), moe_intermediate_size=draw(st.integers(2, 6)),
                 moe_shared_expert_intermediate_size=draw(st.integers(2, 6)),
                 moe_latent_size=draw(st.sampled_from([None, 4])), mlp_bias=draw(st.booleans()),
