@@ -399,10 +399,14 @@ def _hf(model_type, cfg):
 
 
 def _logits(hf, ids):
-    """transformers' logits for token ids; an encoder-decoder reads them in both stacks, as whatruns' does."""
+    """transformers' logits for token ids, one forward pass without a cache (what whatruns' forward is; and
+    transformers cannot open a cache for a model of recurrent layers alone); an encoder-decoder reads the ids in
+    both stacks, as whatruns' does."""
     if hf.config.model_type in ENCODER_DECODER:
-        return hf(input_ids=ids, decoder_input_ids=ids).logits
-    return hf(ids).logits
+        return hf(input_ids=ids, decoder_input_ids=ids, use_cache=False).logits
+    if hf.config.model_type == "bert":
+        return hf(ids).logits
+    return hf(ids, use_cache=False).logits
 
 
 def _pair(model_type, cfg, seed):
@@ -509,10 +513,9 @@ def test_same_weights_same_logits(model_type):
 
 
 def _conv_extra(m, B, T) -> int:
-    """A recurrent layer's causal convolution in transformers: its default forward keeps a cache, which pads a
-    prompt shorter than the kernel K to K inputs; the convolution is then padded K - 1 on both ends, the last T
-    of its max(T, K) + K - 1 outputs kept -- 2K FLOPs a channel and output. whatruns computes T outputs."""
-    return 2 * B * m.conv_channels * m.conv * (max(T, m.conv) + m.conv - 1 - T)
+    """A recurrent layer's causal convolution in transformers is padded K - 1 on both ends, the first T of its
+    T + K - 1 outputs kept: 2K FLOPs a channel and output, K - 1 outputs more than whatruns' T."""
+    return 2 * B * m.conv_channels * m.conv * (m.conv - 1)
 
 
 def _extra_flops(model_type, hf, spec, ids) -> int:
