@@ -340,6 +340,33 @@ def nemotron_h(draw):
 
 
 @st.composite
+def gemma4(draw):
+    L = draw(st.integers(2, 4))
+    K = draw(st.integers(1, 2))
+    H = K * draw(st.integers(1, 2))
+    types = draw(st.lists(st.sampled_from(["sliding_attention", "full_attention"]), min_size=L, max_size=L))
+    moe = draw(st.booleans())
+    P = draw(st.sampled_from([0, 2]))
+    cfg = dict(vocab_size=V, hidden_size=8, num_hidden_layers=L, num_attention_heads=H, num_key_value_heads=K,
+               head_dim=draw(st.sampled_from([4, 8])), global_head_dim=draw(st.sampled_from([8, 16])),
+               intermediate_size=draw(st.integers(2, 8)), layer_types=types, sliding_window=draw(st.integers(1, 3)),
+               num_kv_shared_layers=draw(st.integers(0, 1)), use_double_wide_mlp=draw(st.booleans()),
+               attention_k_eq_v=draw(st.booleans()), num_global_key_value_heads=draw(st.sampled_from([None, 1])),
+               hidden_size_per_layer_input=P, vocab_size_per_layer_input=V + 3, attention_bias=draw(st.booleans()),
+               final_logit_softcapping=draw(st.sampled_from([None, 3.0])), rms_norm_eps=draw(st.sampled_from([1e-6, 1e-3])),
+               hidden_activation=draw(st.sampled_from(["gelu_pytorch_tanh", "silu"])),
+               tie_word_embeddings=draw(st.booleans()), pad_token_id=0, enable_moe_block=moe)
+    if moe:
+        E = draw(st.integers(2, 4))
+        cfg.update(num_experts=E, top_k_experts=draw(st.integers(1, 2)), moe_intermediate_size=draw(st.integers(2, 6)))
+    if draw(st.booleans()):
+        cfg["rope_parameters"] = {"sliding_attention": {"rope_type": "default", "rope_theta": 100.0},
+                                  "full_attention": {"rope_type": "proportional", "partial_rotary_factor": 0.5,
+                                                     "rope_theta": 1000.0}}
+    return {k: v for k, v in cfg.items() if v is not None}
+
+
+@st.composite
 def gpt2(draw):
     H = draw(st.integers(1, 3))
     return dict(vocab_size=V, n_embd=4 * H, n_layer=draw(st.integers(1, 2)), n_head=H, n_positions=16,
@@ -359,7 +386,8 @@ GENERATORS = {
     "gpt_oss": gpt_oss(), "gpt2": gpt2(), "dbrx": dbrx(), "llama4_text": llama4(),
     "t5": t5(), "switch_transformers": t5("switch_transformers"), "bert": bert(),
     "mimo_v2_flash": mimo(), "qwen3_next": qwen_hybrid("qwen3_next"), "qwen3_5_text": qwen_hybrid("qwen3_5_text"),
-    "qwen3_5_moe_text": qwen_hybrid("qwen3_5_moe_text"), "nemotron_h": nemotron_h(), "step3p7": step3p7(), "qwen3_vl_moe": qwen3_vl_moe(),
+    "qwen3_5_moe_text": qwen_hybrid("qwen3_5_moe_text"), "nemotron_h": nemotron_h(),
+    "gemma4_text": gemma4(), "step3p7": step3p7(), "qwen3_vl_moe": qwen3_vl_moe(),
 }
 
 

@@ -1498,6 +1498,11 @@ FUNCTIONS: Dict[str, Function] = {
     # (1 + w) norms (the DeltaNet's gated output norm excepted: plain w), rope on a quarter of each head
     "qwen3_next": Function(offset=True, partial=0.25, max_positions=32768),
     "nemotron_h": Function("layer_norm_epsilon", 1e-5, rope="none", max_positions=4096),  # attention without positions
+    # Gemma 4: plain-w norms; sliding layers' rope over the head, the full layers' proportional (a quarter of the
+    # frequencies, counted over the whole head)
+    "gemma4_text": Function(rope="per_type", max_positions=131072, default_rope=(
+        ("sliding_attention", {"rope_type": "default", "rope_theta": 10000.0}),
+        ("full_attention", {"rope_type": "proportional", "partial_rotary_factor": 0.25, "rope_theta": 1e6}))),
     "qwen3_5_text": Function(offset=True, partial=0.25, max_positions=32768),
     "qwen3_5_moe_text": Function(offset=True, partial=0.25, max_positions=32768),
     # MiMo reads rope_parameters alone (per layer type; the files' rope_theta / swa_rope_theta keys are not read)
@@ -1742,6 +1747,11 @@ def _model_function(c: _Config, model_type: str, spec: Transformer) -> dict:
     if model_type == "nemotron_h":
         out["moe"] = dict(routed_scale=_float(c, "routed_scaling_factor", 1.0), groups=c.size("n_group", 1),
                           group_top_k=c.size("topk_group", 1), renormalize=c.flag("norm_topk_prob", True))
+    if model_type == "gemma4_text":  # scores unscaled (q and k are normed), values normed, the embedding times
+        # sqrt(D), each layer's output times its learned scalar, the logits soft-capped
+        out["attention"] = dict(scale=1.0, v_norm=True)
+        out["model"] = dict(embed_scale=D ** 0.5, logit_softcap=_float(c, "final_logit_softcapping", None) or 0.0,
+                            layer_scalar=True)
     if model_type == "phimoe":  # sparsemixer's threshold is the router's jitter (used at inference too)
         out["moe"] = dict(router_eps=_float(c, "router_jitter_noise", 0.01))
     return out

@@ -255,6 +255,33 @@ def _nemotron(model, m):
     return "ffn." + _NEMOTRON_MOE.get(rest, rest)
 
 
+def _gemma4_mlp(model, m):
+    """Gemma 4's dense FFN: the layer's FFN, or, in a MoE layer, the dense FFN beside the experts."""
+    layer = model.decoder.blocks[int(m.group(1))]
+    return ("ffn.shared." if getattr(layer, "parallel", False) else "ffn.") + m.group(2)
+
+
+_G4 = r"model\.layers\.(\d+)"
+GEMMA4: List[Rule] = [
+    (r"model\.embed_tokens_per_layer\.weight", "per_layer_embed.weight", _same),
+    (r"model\.(per_layer_model_projection|per_layer_projection_norm)\.weight", r"\1.weight", _same),
+    ("resolve", rf"{_G4}\.mlp\.((?:gate|up|down)_proj\.weight)", lambda model, m: _gemma4_mlp(model, m).replace(
+        "_proj.", ".")),
+    (rf"{_G4}\.router\.proj\.weight", r"decoder.blocks.\1.ffn.router.weight", _same),
+    (rf"{_G4}\.router\.scale", r"decoder.blocks.\1.ffn.router_input_scale", _same),
+    (rf"{_G4}\.router\.per_expert_scale", r"decoder.blocks.\1.ffn.per_expert_scale", _same),
+    (rf"{_G4}\.experts\.gate_up_proj", r"decoder.blocks.\1.ffn.experts.gate", _half(0)),
+    (rf"{_G4}\.experts\.gate_up_proj", r"decoder.blocks.\1.ffn.experts.up", _half(1)),
+    (rf"{_G4}\.experts\.down_proj", r"decoder.blocks.\1.ffn.experts.down", _same),
+    (rf"{_G4}\.post_feedforward_layernorm_1\.weight", r"decoder.blocks.\1.extra_norms.0.weight", _same),
+    (rf"{_G4}\.post_feedforward_layernorm_2\.weight", r"decoder.blocks.\1.extra_norms.1.weight", _same),
+    (rf"{_G4}\.pre_feedforward_layernorm_2\.weight", r"decoder.blocks.\1.extra_norms.2.weight", _same),
+    (rf"{_G4}\.per_layer_input_gate\.weight", r"decoder.blocks.\1.per_layer_gate.weight", _same),
+    (rf"{_G4}\.per_layer_projection\.weight", r"decoder.blocks.\1.per_layer_projection.weight", _same),
+    (rf"{_G4}\.post_per_layer_input_norm\.weight", r"decoder.blocks.\1.per_layer_norm.weight", _same),
+    (rf"{_G4}\.layer_scalar", r"decoder.blocks.\1.layer_scalar", _same),
+] + [r for r in GEMMA if r[0] != r"model\.layers\.(\d+)\.mlp\.(gate|up|down)_proj\.(weight|bias)"]  # placed above
+
 NEMOTRON_H: List[Rule] = [
     (r"model\.embeddings\.weight", "embed.weight", _same),
     (r"model\.norm_f\.weight", "decoder.norm.weight", _same),
@@ -283,6 +310,7 @@ FAMILIES["phimoe"] = LLAMA
 FAMILIES["mimo_v2_flash"] = LLAMA
 FAMILIES["step3p5"] = LLAMA
 FAMILIES["nemotron_h"] = NEMOTRON_H
+FAMILIES["gemma4_text"] = GEMMA4
 FAMILIES["qwen3_next"] = FAMILIES["qwen3_5_text"] = FAMILIES["qwen3_5_moe_text"] = QWEN3_NEXT
 FAMILIES["deepseek_v32"] = FAMILIES["glm_moe_dsa"] = [
     (r"model\.layers\.(\d+)\.self_attn\.indexer\.(wq_b|wk|weights_proj)\.weight", r"decoder.blocks.\1.attn.indexer.\2.weight",
