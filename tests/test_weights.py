@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from transformers import CONFIG_MAPPING, AutoModelForCausalLM
 
 from whatruns import count, load
+from whatruns.hf import WRAPPERS
 from whatruns.measure import count_flops
 from whatruns.nn import MoELayer
 from whatruns.spec import LinearAttention, Mamba2, MoE
@@ -28,7 +29,8 @@ from whatruns.weights import FAMILIES, WRAPPED, from_transformers
 transformers.logging.set_verbosity_error()
 torch.set_num_threads(1)
 
-V = 40  # vocabulary of every drawn config
+V = 40  # vocabulary of every drawn config; the inputs are its first V - 3 tokens (the last ones, a wrapper's image
+# and video tokens, a wrapper replaces)
 # derandomized: the same examples on every run (CI starts with no hypothesis database)
 SETTINGS = settings(max_examples=5, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 
@@ -366,6 +368,41 @@ def gemma4(draw):
     return {k: v for k, v in cfg.items() if v is not None}
 
 
+VISION = {  # the smallest vision tower each wrapper builds (text alone never runs it)
+    "llama4": dict(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8, image_size=28,
+                   patch_size=14, projector_input_dim=8, projector_output_dim=8, vision_output_dim=8),
+    "kimi_k25": dict(num_attention_heads=2, num_hidden_layers=1, hidden_size=8, intermediate_size=8),
+    "qwen3_5": dict(depth=1, hidden_size=8, intermediate_size=8, num_heads=2, out_hidden_size=8),
+    "gemma4": dict(hidden_size=8, intermediate_size=8, num_hidden_layers=1, num_attention_heads=2, head_dim=4),
+    "gemma3": dict(hidden_size=8, intermediate_size=8, num_hidden_layers=1, num_attention_heads=2, image_size=28,
+                   patch_size=14),
+}
+VISION["qwen3_5_moe"] = VISION["qwen3_5"]
+
+
+@st.composite
+def wrapped(draw, wrapper, text):
+    """A wrapper (multimodal) config around a drawn text config: its text model is what is compared. Where the
+    wrapper's class holds the LM head, the tie flag is the wrapper's."""
+    inner = dict(draw(text))
+    cfg = dict(text_config=inner, vision_config=VISION[wrapper])
+    if wrapper in ("kimi_k25", "gemma4", "gemma3"):
+        cfg["tie_word_embeddings"] = inner.pop("tie_word_embeddings", draw(st.booleans()))
+    if wrapper == "kimi_k25":
+        inner["model_type"] = "deepseek_v3"
+        cfg.update(projection_hidden_size=8, media_placeholder_token_id=V - 1)
+    elif wrapper == "llama4":
+        cfg["image_token_index"] = V - 1
+    elif wrapper == "gemma3":
+        inner["final_logit_softcapping"] = draw(st.sampled_from([None, 3.0]))  # its wrapper applies none
+        cfg.update(mm_tokens_per_image=4, image_token_index=V - 1)
+    elif wrapper == "gemma4":
+        cfg.update(image_token_id=V - 1, audio_config=None)
+    else:
+        cfg.update(image_token_id=V - 1, video_token_id=V - 2)
+    return cfg
+
+
 @st.composite
 def gpt2(draw):
     H = draw(st.integers(1, 3))
@@ -387,21 +424,28 @@ GENERATORS = {
     "t5": t5(), "switch_transformers": t5("switch_transformers"), "bert": bert(),
     "mimo_v2_flash": mimo(), "qwen3_next": qwen_hybrid("qwen3_next"), "qwen3_5_text": qwen_hybrid("qwen3_5_text"),
     "qwen3_5_moe_text": qwen_hybrid("qwen3_5_moe_text"), "nemotron_h": nemotron_h(),
-    "gemma4_text": gemma4(), "step3p7": step3p7(), "qwen3_vl_moe": qwen3_vl_moe(),
+    "gemma4_text": gemma4(),
+    "llama4": wrapped("llama4", llama4()), "kimi_k25": wrapped("kimi_k25", deepseek("deepseek_v3")),
+    "qwen3_5": wrapped("qwen3_5", qwen_hybrid("qwen3_5_text")),
+    "qwen3_5_moe": wrapped("qwen3_5_moe", qwen_hybrid("qwen3_5_moe_text")), "gemma4": wrapped("gemma4", gemma4()),
+    "gemma3": wrapped("gemma3", llama_like("gemma3_text")), "step3p7": step3p7(), "qwen3_vl_moe": qwen3_vl_moe(),
 }
 
 
 def test_every_loadable_family_has_a_generator():
     """Every family whose weights whatruns maps is drawn: on its own, or inside the wrapper transformers builds
     it in (its text model has no class with an LM head of its own)."""
-    inside = {family for family, _ in WRAPPED.values()}
+    inside = {"step3p5", "qwen3_vl_moe_text"}  # text models transformers builds only inside their wrapper
     assert set(GENERATORS) | {"kimi_k2"} == (set(FAMILIES) - inside) | set(WRAPPED)
+    assert set(WRAPPED) == set(WRAPPERS)  # every wrapper whatruns reads, its text model compared
 
 
 # the class that holds the LM head, where AutoModelForCausalLM has none (or another one) for the model type
 HF_CLASS = {"t5": "T5ForConditionalGeneration", "switch_transformers": "SwitchTransformersForConditionalGeneration",
             "bert": "BertForMaskedLM", "step3p7": "Step3p7ForConditionalGeneration",
-            "qwen3_vl_moe": "Qwen3VLMoeForConditionalGeneration"}
+            "qwen3_vl_moe": "Qwen3VLMoeForConditionalGeneration", "kimi_k25": "Kimi_K25ForConditionalGeneration"}
+# (the other wrappers: AutoModelForCausalLM's class for them -- Llama 4's and Qwen3.5's text model alone, its tie
+# flag the text config's, as whatruns reads them; Gemma 3's and 4's ForConditionalGeneration, the wrapper's flag)
 ENCODER_DECODER = ("t5", "switch_transformers")
 
 
@@ -521,7 +565,7 @@ def test_same_weights_same_logits(model_type):
     @given(cfg=GENERATORS[model_type], seed=st.integers(0, 3), T=st.integers(1, 6))
     def run(cfg, seed, T):
         hf, ours = _pair(model_type, cfg, seed)
-        ids = torch.randint(0, V, (2, T), generator=torch.Generator().manual_seed(seed))
+        ids = torch.randint(0, V - 3, (2, T), generator=torch.Generator().manual_seed(seed))
         assume(_no_near_ties(ours, ids))
         compared.append(T)
         with torch.no_grad():
@@ -581,7 +625,7 @@ def _extra_flops(model_type, hf, spec, ids) -> int:
             extra += 2 * B * m.heads * (n * c * c * (N + P) + 2 * n * c * P * N + (n + 1) ** 2 * P * N - 2 * T * P * N)
         if isinstance(m, (LinearAttention, Mamba2)):
             extra += _conv_extra(m, B, T)
-        if model_type == "llama4_text" and isinstance(f, MoE):
+        if model_type in ("llama4_text", "llama4") and isinstance(f, MoE):
             # Llama 4's experts run on every token (the unchosen ones read it scaled by sigmoid(-inf) = 0): one
             # bmm of (E, N, D) by (E, D, 2F) and one of (E, N, F) by (E, F, D), where count() has k rows a token
             extra += 6 * (f.experts - f.top_k) * N * D * f.expert.width
@@ -596,7 +640,7 @@ def test_transformers_runs_the_flops_count_reports(model_type):
     @given(cfg=GENERATORS[model_type], T=st.integers(1, 6))
     def run(cfg, T):
         hf = _hf(model_type, cfg)
-        ids = torch.randint(0, V, (2, T), generator=torch.Generator().manual_seed(T))
+        ids = torch.randint(0, V - 3, (2, T), generator=torch.Generator().manual_seed(T))
         spec = load(hf.config.to_dict())
         expected = count(spec, seq_len=T).flops_per_token * 2 * T + _extra_flops(model_type, hf, spec, ids)
         assert count_flops(lambda i: _logits(hf, i), ids) == expected

@@ -183,6 +183,8 @@ def text_model(config: dict):
             inner["tie_word_embeddings"] = config.get("tie_word_embeddings", wrapper.tie_default)
         for key, value in wrapper.text_defaults:
             inner.setdefault(key, value)
+        for key, value in wrapper.text_overrides:
+            inner[key] = value
     for key in ("_name_or_path", "name"):
         if key in config and key not in inner:
             inner[key] = config[key]
@@ -1769,6 +1771,7 @@ class Wrapper:
     tie_default: bool = False
     text_defaults: Tuple[Tuple[str, object], ...] = ()  # sizes its text config class fills in when absent
     force_text_type: bool = False  # the wrapper builds its own text class whatever text_config's model_type says
+    text_overrides: Tuple[Tuple[str, object], ...] = ()  # what the wrapper's class does whatever text_config says
 
 
 WRAPPERS: Dict[str, Wrapper] = {
@@ -1780,9 +1783,10 @@ WRAPPERS: Dict[str, Wrapper] = {
     # Gemma3TextConfig's defaults: the published Gemma 3 4B/12B/27B files give only what differs from them
     "gemma4": Wrapper("gemma4_text", tie_from_wrapper=True, tie_default=True),
     "step3p7": Wrapper("step3p5", tie_from_wrapper=True, force_text_type=True),
+    # (Gemma3ForConditionalGeneration applies no final soft-cap, whatever its text config says)
     "gemma3": Wrapper("gemma3_text", tie_from_wrapper=True, tie_default=True, text_defaults=(
         ("vocab_size", 262208), ("hidden_size", 2304), ("intermediate_size", 9216), ("num_hidden_layers", 26),
-        ("num_attention_heads", 8))),
+        ("num_attention_heads", 8)), text_overrides=(("final_logit_softcapping", None),)),
 }
 """Wrapper (multimodal) model types whatruns knows. A wrapper not listed is read too when its ``text_config``
 names a text model type whatruns reads (LLaVA-style), its tie flag taken from the text config."""

@@ -320,25 +320,33 @@ FAMILIES["deepseek_v32"] = FAMILIES["glm_moe_dsa"] = [
 FAMILIES["qwen3_vl_moe_text"] = LLAMA
 
 
-WRAPPED: Dict[str, Tuple[str, str]] = {
-    "step3p7": ("step3p5", "model.language_model."),
-    "qwen3_vl_moe": ("qwen3_vl_moe_text", "model.language_model."),
+WRAPPED: Dict[str, Tuple[str, str, str]] = {
+    "step3p7": ("step3p5", "model.language_model.", "model."),
+    "qwen3_vl_moe": ("qwen3_vl_moe_text", "model.language_model.", "model."),
+    "qwen3_5": ("qwen3_5_text", "model.language_model.", "model."),
+    "qwen3_5_moe": ("qwen3_5_moe_text", "model.language_model.", "model."),
+    "gemma3": ("gemma3_text", "model.language_model.", "model."),
+    "gemma4": ("gemma4_text", "model.language_model.", "model."),
+    "kimi_k25": ("deepseek_v3", "model.language_model.", "model."),
+    "llama4": ("llama4_text", "language_model.", ""),  # a whole Llama4ForCausalLM inside, its head too
 }
 """Wrapper (multimodal) model types whose text model's weights :func:`load_hf_state_dict` maps: the text
-model's family, and the prefix its weights have inside the wrapper (read as ``model.``). The vision tower,
-projector and other towers are not part of the text model: their tensors are left out."""
+model's family, the prefix its weights have inside the wrapper, and what that prefix stands for in the text
+model's own names. The vision (and audio) towers and projectors are not part of the text model: their tensors
+are left out."""
 
 _TOWERS = ("model.visual.", "model.vision_model.", "model.vision_tower.", "model.multi_modal_projector.",
-           "model.audio_tower.", "model.embed_vision.", "model.embed_audio.", "vision_tower.", "multi_modal_projector.")
+           "model.audio_tower.", "model.embed_vision.", "model.embed_audio.", "model.mm_projector.", "vision_tower.",
+           "vision_model.", "multi_modal_projector.")
 
 
 def _text_weights(state_dict, model_type):
     """The text model's tensors of a wrapper's state dict, under the text model's own names."""
-    family, prefix = WRAPPED[model_type]
+    family, prefix, stands_for = WRAPPED[model_type]
     out = {}
     for name, tensor in state_dict.items():
         if name.startswith(prefix):
-            out["model." + name[len(prefix):]] = tensor
+            out[stands_for + name[len(prefix):]] = tensor
         elif not name.startswith(_TOWERS):
             out[name] = tensor
     return out, family
