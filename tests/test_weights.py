@@ -200,10 +200,12 @@ def dbrx(draw):
 def t5(draw, model_type="t5"):
     H = draw(st.integers(1, 2))
     enc, dec = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    buckets = draw(st.sampled_from([4, 8, 32]))
     cfg = dict(vocab_size=V, d_model=4 * H, d_kv=draw(st.sampled_from([2, 4])), d_ff=draw(st.integers(2, 8)),
                num_layers=enc, num_decoder_layers=dec, num_heads=H, pad_token_id=0, decoder_start_token_id=0,
-               relative_attention_num_buckets=draw(st.sampled_from([4, 8, 32])),
-               relative_attention_max_distance=draw(st.sampled_from([4, 6, 128])),
+               relative_attention_num_buckets=buckets,
+               # beyond the decoder's exact range (half its buckets): transformers divides by log(distance / range)
+               relative_attention_max_distance=draw(st.sampled_from([buckets // 2 + 2, 128])),
                layer_norm_epsilon=draw(st.sampled_from([1e-6, 1e-3])))
     if model_type == "t5":
         cfg.update(feed_forward_proj=draw(st.sampled_from(["relu", "gated-gelu", "gated-silu"])),
