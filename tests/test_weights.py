@@ -1,13 +1,20 @@
 """The built models are the real ones: transformers' model of a config, its weights loaded into
 ``whatruns.build`` of the same config, gives the same logits, and transformers' own model runs the FLOPs
 ``count()`` reports (a second, independent oracle for the counts: torch's counter on the reference
-implementation).
+implementation) -- for every model type whatruns reads, and every wrapper's text model.
+
+Where transformers computes differently, the difference is asserted exactly, by a formula
+(:func:`_extra_flops`): Llama 4 runs every expert on every token; the recurrent layers (gated DeltaNet,
+Mamba-2) run chunked algorithms, and their convolutions pad both ends; the Switch Transformer skips the
+expert work of the tokens its router drops. whatruns' recurrent layers run the recurrence token by token
+(per-token products with the state), which are count()'s FLOPs.
 
 Tolerance: logits agree to 1e-4 of the largest logit (float32; what is seen is ~2e-7, gemm rounding).
 Routing can tie: two experts with scores within float rounding of each other may be picked in either order
 by the two implementations, and then the outputs differ by more than rounding. A drawn example whose
-routing is that close (a margin below 1e-5 between the k-th and the next expert's score, measured on the
-whatruns model) is discarded (hypothesis ``assume``) rather than the tolerance loosened.
+routing is that close (a margin below 1e-5 between the k-th and the next expert's score -- sparsemixer's
+threshold, a sparse-attention indexer's k-th key too -- measured on the whatruns model) is discarded
+(hypothesis ``assume``) rather than the tolerance loosened.
 """
 
 from __future__ import annotations

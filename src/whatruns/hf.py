@@ -30,9 +30,11 @@ A size must be a JSON integer (``4096``; not ``4096.0``, ``"4096"`` or ``true``,
 
 Bad input raises :class:`~whatruns.spec.SpecError` with a one-line message.
 
-Attention patterns that change FLOPs but not parameters (sliding windows) are carried into
-``Transformer.sliding_window`` / ``sliding_layers``; Llama 4's chunked attention is not (the spec
-has no field for it).
+Attention patterns that change FLOPs but not parameters -- sliding windows, Llama 4's chunked layers -- are
+carried into each layer's ``Attention.window`` / ``chunk``; what changes neither but the function (rope, norms'
+eps and form, softmax scales, soft-caps, routers' details, clamps) into the spec's function fields, model type
+by model type (:data:`FUNCTIONS`, :func:`_model_function`): ``whatruns.weights.from_transformers`` then gives
+transformers' logits (tests/test_weights.py).
 """
 
 from __future__ import annotations
@@ -1513,8 +1515,9 @@ FUNCTIONS: Dict[str, Function] = {
         ("sliding_attention", {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.334}))),
     "switch_transformers": Function("layer_norm_epsilon", 1e-6, rope="none", max_positions=512),
 }
-"""The model types whose function (rope, norms, scales, routing) whatruns reads; the others are counted
-exactly, but :func:`whatruns.build` gives them the library's defaults for what does not count."""
+"""Per model type, what its function reads besides the counts (rope, norms' eps and form; see :class:`Function`):
+every type of :data:`SUPPORTED`. The rest of the function -- scales, soft-caps, routers' details -- is
+:func:`_model_function`'s, or the reader's where it differs layer by layer (Llama 4, Step 3.5)."""
 
 
 def rope_from(params: dict, head_dim: int, max_positions: int, interleaved: bool = False,

@@ -6,10 +6,14 @@
     torch.testing.assert_close(model(ids), hf(ids).logits)
 
 :func:`load_hf_state_dict` maps a state dict by name, family by family (:data:`FAMILIES`): the same tensors,
-renamed, and fused ones split -- q/k/v (Phi-3, GPT-2), gate/up (experts of every MoE, Phi-3), the
-interleaved gate/up and the (in, out) orientation of gpt-oss's experts, GPT-2's Conv1D. A tensor it
-does not place, or a parameter it leaves empty, is an error: nothing is loaded silently wrong. It reads
-tensors only; it never runs code from a checkpoint.
+renamed, and fused ones split -- q/k/v (Phi-3, GPT-2, DBRX), gate/up (experts of every MoE, Phi-3; Llama 4's
+side by side along the last dimension), the interleaved gate/up and the (in, out) orientation of gpt-oss's
+experts, DBRX's experts stacked along the rows, GPT-2's Conv1D, Qwen3-Next's projections grouped by key head --
+or several joined: Switch's per-expert matrices stacked, Qwen3.5's separate DeltaNet projections concatenated.
+Where a name does not say what the layer is (Nemotron-H's ``mixer``, Gemma 4's dense FFN beside its experts),
+the whatruns layer decides. A wrapper's (multimodal) state dict gives its text model's weights
+(:data:`WRAPPED`). A tensor it does not place, or a parameter it leaves empty, is an error: nothing is loaded
+silently wrong. It reads tensors only; it never runs code from a checkpoint.
 """
 
 from __future__ import annotations
