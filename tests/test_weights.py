@@ -658,3 +658,22 @@ def test_transformers_runs_the_flops_count_reports(model_type):
     counted = []
     run()
     assert len(counted) >= 2, f"only {len(counted)} drawn configs were counted"
+
+
+def test_relative_buckets_are_t5s():
+    """whatruns.nn.relative_buckets gives T5's _relative_position_bucket, offset by offset: both directions,
+    bucket counts and maximum distances of every published T5 / Switch and small ones (the distance beyond
+    the exact range, as transformers needs)."""
+    from transformers.models.t5.modeling_t5 import T5Attention
+    from whatruns.nn import relative_buckets
+
+    offsets = torch.arange(-300, 301)[None, :]
+    for buckets in (4, 6, 8, 16, 32, 64):
+        for bidirectional in (True, False):
+            exact = (buckets // 2 if bidirectional else buckets) // 2
+            for max_distance in (exact + 1, exact + 3, 20, 128, 256):
+                if max_distance <= exact:
+                    continue
+                want = T5Attention._relative_position_bucket(offsets, bidirectional, buckets, max_distance)
+                got = relative_buckets(1, 601, buckets, bidirectional, max_distance, offsets=offsets)
+                assert torch.equal(got, want), (buckets, bidirectional, max_distance)
