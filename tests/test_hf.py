@@ -173,7 +173,14 @@ def _expected_name(cfg: dict) -> str:
     return cfg["model_type"] if text_model(cfg)[1] else text_model(cfg)[0]["model_type"]
 
 
-@pytest.mark.parametrize("path", CONFIG_FILES + RECONSTRUCTED_FILES,
+# hf._model_function reads spec.attention (the one attention every layer has) for the MLA softmax scale; GLM-5.2's
+# layers differ (shared indexers), so loading it fails: "its layers have 2 different attentions"
+SHARED_INDEXERS = pytest.mark.xfail(strict=True, raises=SpecError,
+                                    reason="hf._model_function reads spec.attention, which GLM-5.2's layers do not share")
+
+
+@pytest.mark.parametrize("path", [pytest.param(p, marks=SHARED_INDEXERS) if p.stem == "GLM-5.2" else p
+                                  for p in CONFIG_FILES + RECONSTRUCTED_FILES],
                          ids=[p.stem for p in CONFIG_FILES] + [f"reconstructed/{p.stem}" for p in RECONSTRUCTED_FILES])
 def test_published_config(path):
     """Each stored config.json, loaded from its path, counts exactly what transformers builds."""
@@ -234,6 +241,14 @@ def test_published_layouts():
     assert qwen2.attention.bias and not qwen2.attention.out_bias and qwen2.sliding_window == 0
 
 
+@SHARED_INDEXERS
+def test_published_layout_of_glm_5_2():
+    glm = _layers(load(CONFIGS / "GLM-5.2.json"))  # indexer on 21 layers (0, 1, 2, 6, 10, ..., 74), shared elsewhere
+    own = [i for i, b in enumerate(glm) if not b.mixer.indexer.shared]
+    assert own == [0, 1, 2, *range(6, 78, 4)] and len(own) == 21 and len(glm) == 78
+    assert all(b.mixer.mla and b.mixer.q_lora_rank == 2048 for b in glm)
+
+
 def _layers(spec, encoder=False):
     stack = spec.encoder if encoder else spec.blocks
     return [r.block for r in stack for _ in range(r.repeat)]
@@ -261,10 +276,6 @@ def test_published_layouts_of_hybrids():
     h56 = _layers(load(CONFIGS / "Nemotron-H-56B-Base-8K.json"))  # the first Nemotron-H: Mamba, attention, MLP
     assert {type(b.mixer or b.ffn).__name__ for b in h56} == {"Mamba2", "Attention", "FFN"}
 
-    glm = _layers(load(CONFIGS / "GLM-5.2.json"))  # indexer on 21 layers (0, 1, 2, 6, 10, ..., 74), shared elsewhere
-    own = [i for i, b in enumerate(glm) if not b.mixer.indexer.shared]
-    assert own == [0, 1, 2, *range(6, 78, 4)] and len(own) == 21 and len(glm) == 78
-    assert all(b.mixer.mla and b.mixer.q_lora_rank == 2048 for b in glm)
     assert all(not b.mixer.indexer.shared for b in _layers(load(CONFIGS / "GLM-5.json")))
     v32 = _layers(load(CONFIGS / "DeepSeek-V3.2.json"))
     assert all(b.mixer.indexer is not None and not b.mixer.indexer.shared for b in v32)
@@ -455,6 +466,17 @@ def qwen_moe_configs(draw, model_type):
     return d
 
 
+def _routing(draw, d: dict, E: int):
+    """Group-limited routing (n_group groups of experts, a token's top_k from its topk_group best groups), the
+    routed scale and the renormalisation: no parameters, but the function. Groups that divide the experts
+    (transformers can route only those; the class defaults, 8 and 4 for DeepSeek-V3, often cannot here)."""
+    groups = [g for g in range(1, E + 1) if E % g == 0]
+    _often(draw, d, "n_group", st.sampled_from(groups))
+    _often(draw, d, "topk_group", st.integers(1, d.get("n_group", 1)))
+    _maybe(draw, d, "routed_scaling_factor", st.sampled_from([1.0, 2.5]))
+    _maybe(draw, d, "norm_topk_prob", st.booleans())
+
+
 @st.composite
 def deepseek_configs(draw, model_type):
     v3 = model_type == "deepseek_v3"
@@ -472,6 +494,7 @@ def deepseek_configs(draw, model_type):
     _maybe(draw, d, "first_k_dense_replace", st.integers(0, L + 1))
     _maybe(draw, d, "attention_bias", st.booleans())
     _maybe(draw, d, "hidden_act", ACTS)
+    _routing(draw, d, E)
     if v3:
         _maybe(draw, d, "n_shared_experts", st.integers(0, 2))
     else:
@@ -593,8 +616,9 @@ def glm4_moe_configs(draw):
     _experts(draw, d, ["n_routed_experts", "num_local_experts"], E, 8)
     _kv(draw, d, H, K, 8, nullable=False)
     _maybe(draw, d, "head_dim", st.sampled_from([2, 4, 8]))  # not a field: the attention reads it if given
-    for flag in ("attention_bias", "use_qk_norm", "norm_topk_prob"):
+    for flag in ("attention_bias", "use_qk_norm"):
         _maybe(draw, d, flag, st.booleans())
+    _routing(draw, d, E)
     _maybe(draw, d, "n_shared_experts", st.integers(0, 2))
     _maybe(draw, d, "first_k_dense_replace", st.integers(0, L + 1))
     _maybe(draw, d, "hidden_act", ACTS)
@@ -824,19 +848,23 @@ def dsa_configs(draw, model_type):
     _maybe(draw, d, "attention_bias", st.booleans())
     _maybe(draw, d, "mlp_bias", st.booleans())  # not read
     _maybe(draw, d, "hidden_act", ACTS)
+    _routing(draw, d, E)
     if draw(st.booleans()):
         d["mlp_layer_types"] = _types_list(draw, L, ["dense", "sparse"])
     else:
         _maybe(draw, d, "first_k_dense_replace", st.integers(0, L + 1))
     if model_type == "glm_moe_dsa":
+        # GLM-5.2's shared indexer layers: hf fails on them for now (test_known_reader_bugs[glm_moe_dsa-shared]);
+        # when that passes, draw them here again: SHARED = "FS", and index_topk_freq up to 3
+        SHARED = "F"
         how = draw(st.sampled_from(["types", "pattern", "freq", "none"]))
         if how == "types":
-            d["indexer_types"] = ["full"] + _types_list(draw, L - 1, ["full", "shared"])
+            d["indexer_types"] = ["full"] + _types_list(draw, L - 1, ["full", "shared"][:len(SHARED)])
         elif how == "pattern":
-            d["index_topk_pattern"] = "F" + "".join(draw(st.lists(st.sampled_from("FS"), min_size=L - 1,
+            d["index_topk_pattern"] = "F" + "".join(draw(st.lists(st.sampled_from(SHARED), min_size=L - 1,
                                                                    max_size=L - 1)))
         elif how == "freq":
-            d["index_topk_freq"] = draw(st.integers(1, 3))
+            d["index_topk_freq"] = draw(st.integers(1, 3 if len(SHARED) > 1 else 1))
             d["index_skip_topk_offset"] = draw(st.integers(1, 3))
     return d
 
@@ -1454,6 +1482,14 @@ def test_deepseek_v3_score_bias_is_a_buffer():
                  ).total_params == count(spec).total_params + 2 * 384
 
 
+def test_readme_lists_every_model_type_and_wrapper():
+    import re
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    listed = set(re.findall(r"[a-z0-9_]+", readme[readme.index("for 35 model types"):readme.index("counted as its text")]))
+    assert set(SUPPORTED) | set(WRAPPERS) <= listed
+    assert f"for {len(SUPPORTED)} model types" in readme
+
+
 # ---------------------------------------------------------------------------------------------
 # reader bugs found by the tests above, each with the smallest config that shows it (xfail until hf.py is fixed)
 
@@ -1462,6 +1498,13 @@ def _bug(id_, reason, cfg):
 
 
 KNOWN_BUGS = [
+    _bug("glm_moe_dsa-shared", "hf._model_function reads spec.attention for the MLA softmax scale; layers with "
+         "and without an indexer of their own differ, so any shared layer fails to load",
+         {"model_type": "glm_moe_dsa", "vocab_size": 10, "hidden_size": 8, "num_attention_heads": 2,
+          "num_key_value_heads": 2, "num_hidden_layers": 2, "intermediate_size": 8, "moe_intermediate_size": 4,
+          "n_routed_experts": 2, "num_experts_per_tok": 1, "kv_lora_rank": 4, "q_lora_rank": 4, "qk_rope_head_dim": 2,
+          "qk_nope_head_dim": 2, "v_head_dim": 2, "index_n_heads": 1, "index_head_dim": 4,
+          "indexer_types": ["full", "shared"]}),
     _bug("t5-num_hidden_layers", "T5Config.__post_init__ sets num_decoder_layers from num_layers before the "
          "num_hidden_layers alias is applied: the decoder gets the class default, 6 layers; whatruns gives it 2",
          {"model_type": "t5", "vocab_size": 10, "d_model": 8, "num_heads": 2, "d_kv": 4, "d_ff": 8,

@@ -39,15 +39,17 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
-from .spec import (BOUNDS, FFN, MoE, Attention, Block, Indexer, LinearAttention, Mamba2, Norm, Run, SpecError,
-                   Storage, Transformer, from_dict)
+from .spec import (BOUNDS, FFN, ROPE_SCALINGS, MoE, Attention, Block, Indexer, LinearAttention, Mamba2, Norm, Rope,
+                   Run, SpecError, Storage, Transformer, from_dict, runs)
 
-__all__ = ["load", "resolve", "from_hf", "text_model", "SUPPORTED"]
+__all__ = ["load", "resolve", "from_hf", "text_model", "storage", "rope_from", "SUPPORTED", "WRAPPERS", "FUNCTIONS",
+           "Wrapper", "Function"]
 
 _REQUIRED = object()  # a size with no default: it must be in the config
 _ABSENT = object()
@@ -210,7 +212,7 @@ def from_hf(config: dict) -> Transformer:
                             f"read{hint}; supported model types: {supported}")
         raise SpecError(f"unknown model_type {inner!r}{hint}; supported model types: {supported}")
     try:
-        spec = SUPPORTED[inner](text)
+        spec = _with_function(SUPPORTED[inner](text), text, inner)
         return replace(spec, storage=storage(config))
     except SpecError as e:
         msg, owner = str(e), f"{inner} config"
@@ -1390,6 +1392,232 @@ def _switch(d: dict) -> Transformer:
         ffn=ffn if (len(enc_moe) < enc or len(dec_moe) < dec) else None, moe=moe, moe_layers=dec_moe,
         tied=True, relative_buckets=c.size("relative_attention_num_buckets", 32, zero_ok=True),
         encoder_layers=enc, encoder_moe_layers=enc_moe, name=c.name("switch_transformers"))
+
+
+# ---------------------------------------------------------------------------------------------
+# the function: what changes no count but what a model computes (rope, norms' eps, scales, routers)
+
+@dataclass(frozen=True)
+class Function:
+    """What one model type's config class and modeling code do beyond the counts, with their defaults:
+    the key holding the norms' eps and its default, whether norms are (1 + w), the rope (none; one for
+    all layers; or one per layer type, sliding vs full), its default theta, partial rotary factor and
+    parameters, and the class's ``max_position_embeddings`` (read by the dynamic and YaRN scalings)."""
+
+    eps_key: str = "rms_norm_eps"
+    eps: float = 1e-6
+    offset: bool = False
+    rope: str = "one"  # "one", "per_type" (by layer type), "none"
+    theta: float = 10000.0
+    partial: Optional[float] = None
+    default_rope: Tuple[Tuple[str, object], ...] = ()
+    max_positions: int = 2048
+    interleaved: bool = False  # rotate neighbouring pairs (DeepSeek's rope_interleave, its complex form)
+
+
+FUNCTIONS: Dict[str, Function] = {
+    "gpt2": Function("layer_norm_epsilon", 1e-5, rope="none", max_positions=1024),
+    "llama": Function(),
+    "mistral": Function(max_positions=131072),
+    "qwen2": Function(max_positions=32768),
+    "qwen3": Function(max_positions=32768),
+    "mixtral": Function(eps=1e-5, theta=1e6, max_positions=131072),
+    "qwen2_moe": Function(max_positions=32768),
+    "qwen3_moe": Function(max_positions=32768),
+    "olmoe": Function(eps=1e-5, max_positions=4096),
+    "granitemoe": Function(),
+    "minimax_m2": Function(theta=5e6, max_positions=196608),
+    "glm4_moe": Function(eps=1e-5, partial=0.5, max_positions=131072),
+    "phi3": Function(eps=1e-5, max_positions=4096),
+    "phimoe": Function(eps=1e-5, theta=1e6, max_positions=131072),
+    "deepseek_v2": Function(interleaved=True),
+    "deepseek_v3": Function(max_positions=4096, interleaved=True),
+    "kimi_k2": Function(max_positions=4096, interleaved=True),
+    "deepseek_v32": Function(max_positions=163840, interleaved=True),
+    "glm_moe_dsa": Function(eps=1e-5, max_positions=202752, interleaved=True),
+    "gpt_oss": Function(eps=1e-5, theta=150000.0, max_positions=131072, default_rope=(
+        ("rope_type", "yarn"), ("factor", 32.0), ("beta_fast", 32.0), ("beta_slow", 1.0), ("truncate", False),
+        ("original_max_position_embeddings", 4096))),
+    "gemma2": Function(offset=True, max_positions=8192),
+    "gemma3_text": Function(offset=True, rope="per_type", max_positions=131072),
+    "llama4_text": Function(eps=1e-5, theta=500000.0, max_positions=131072, interleaved=True),
+}
+"""The model types whose function (rope, norms, scales, routing) whatruns reads; the others are counted
+exactly, but :func:`whatruns.build` gives them the library's defaults for what does not count."""
+
+
+def rope_from(params: dict, head_dim: int, max_positions: int, interleaved: bool = False,
+              where: str = "rope_parameters") -> Optional[Rope]:
+    """A :class:`~whatruns.spec.Rope` from one standardised ``rope_parameters`` dict (rope_type, rope_theta,
+    partial_rotary_factor, factor, ...), for heads of ``head_dim``."""
+    c = _Config(params, where)
+    kind = params.get("rope_type", params.get("type", "default"))
+    if kind in ("su",):  # Phi-3's old name
+        kind = "longrope"
+    if kind not in ROPE_SCALINGS:
+        raise c.error(f"rope_type {kind!r} is not one whatruns models ({', '.join(ROPE_SCALINGS)})")
+    theta = params.get("rope_theta", 10000.0)
+    partial = params.get("partial_rotary_factor", 1.0)
+    for name, value in (("rope_theta", theta), ("partial_rotary_factor", partial)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise c.error(f"{name} must be a positive number, got {_short_repr(value)}")
+    dim = int(head_dim * partial) // 2 * 2
+    original = params.get("original_max_position_embeddings") or 0
+    factor = params.get("factor")
+    if factor is None:
+        factor = (max_positions / original) if (kind in ("yarn", "longrope") and original) else 1.0
+
+    def number(key, default):
+        v = params.get(key, default)
+        if v is None:
+            return default
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise c.error(f"{key} must be a number, got {_short_repr(v)}")
+        return float(v)
+
+    try:
+        return Rope(theta=float(theta), dim=dim if partial != 1.0 or kind == "proportional" else 0,
+                    interleaved=interleaved, scaling=kind, factor=float(factor),
+                    original_positions=int(original) if isinstance(original, (int, float)) else 0,
+                    max_positions=max_positions, low_freq_factor=number("low_freq_factor", 1.0),
+                    high_freq_factor=number("high_freq_factor", 4.0), beta_fast=number("beta_fast", 32.0),
+                    beta_slow=number("beta_slow", 1.0), mscale=number("mscale", 0.0),
+                    mscale_all_dim=number("mscale_all_dim", 0.0),
+                    attention_factor=None if params.get("attention_factor") is None else number("attention_factor", 1.0),
+                    truncate=params.get("truncate", True) is not False,
+                    short_factor=tuple(params.get("short_factor") or ()), long_factor=tuple(params.get("long_factor") or ()))
+    except SpecError as e:
+        raise c.error(str(e)) from None
+
+
+def _rope_parameters(c: _Config, f: Function) -> Dict[Optional[str], dict]:
+    """The config's rope parameters as transformers 5 standardises them: ``rope_scaling`` (legacy) or
+    ``rope_parameters``, completed by the top-level ``rope_theta`` and ``partial_rotary_factor`` and the
+    class's defaults; one dict, or one per layer type (``{"full_attention": ..., "sliding_attention": ...}``)."""
+    raw = c.raw("rope_scaling", None) or c.raw("rope_parameters", None)
+    if raw is not None and not isinstance(raw, dict):
+        raise c.error(f"rope_parameters must be an object, got {_short_repr(raw)}")
+    params = dict(raw) if raw else dict(f.default_rope)
+    nested = {k: v for k, v in params.items() if k in ("full_attention", "sliding_attention")}
+    top_theta = c.raw("rope_theta", None)
+    top_partial = c.raw("partial_rotary_factor", None)
+
+    def complete(d: dict, theta) -> dict:
+        d = dict(d)
+        d.setdefault("rope_theta", theta)
+        if top_partial is not None:
+            d.setdefault("partial_rotary_factor", top_partial)
+        elif f.partial is not None:
+            d.setdefault("partial_rotary_factor", f.partial)
+        if d.get("rope_type", d.get("type", "default")) in ("llama3", "yarn", "longrope"):
+            top_original = c.raw("original_max_position_embeddings", None)
+            if top_original is not None and "original_max_position_embeddings" not in d:
+                d["original_max_position_embeddings"] = top_original
+            d.setdefault("original_max_position_embeddings", c.raw("max_position_embeddings", f.max_positions))
+        return d
+
+    if f.rope == "per_type":
+        if nested:
+            return {k: complete(v or {}, f.theta) for k, v in nested.items()}
+        # Gemma 3's legacy keys: rope_theta (full layers, default 1e6), rope_local_base_freq (sliding, 1e4);
+        # rope_scaling applies to the full layers only
+        full = complete({**params, "rope_theta": top_theta if top_theta is not None else 1e6}, 1e6)
+        local = complete({"rope_type": "default", "rope_theta": c.raw("rope_local_base_freq", 10000.0)}, 1e4)
+        return {"full_attention": full, "sliding_attention": local}
+    return {None: complete(params, top_theta if top_theta is not None else f.theta)}
+
+
+def _with_function(spec: Transformer, d: dict, model_type: str) -> Transformer:
+    """The spec with what its config says of the function (rope, norm eps and form, scales, soft-caps,
+    routing), for the model types of :data:`FUNCTIONS`; others unchanged."""
+    f = FUNCTIONS.get(model_type)
+    if f is None:
+        return spec
+    c = _Config(d, f"{model_type} config")
+    eps = c.raw(f.eps_key, f.eps)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
+        raise c.error(f"{f.eps_key} must be a positive number, got {_short_repr(eps)}")
+    norm = replace(spec.norm, eps=float(eps), offset=f.offset)
+    ropes = _rope_parameters(c, f) if f.rope != "none" else {}
+    max_positions = c.raw("max_position_embeddings", f.max_positions)
+    if isinstance(max_positions, bool) or not isinstance(max_positions, int):
+        max_positions = f.max_positions
+    extra = _model_function(c, model_type, spec)
+
+    def attention(a: Attention) -> Attention:
+        if f.rope == "none" or a.rope is None:
+            rope = None
+        else:
+            key = None if None in ropes else ("sliding_attention" if a.window else "full_attention")
+            params = ropes.get(key)
+            rope = None if params is None else rope_from(params, a.rope_head_dim if a.mla else a.head_dim,
+                                                         max_positions, f.interleaved, f"{model_type} config: rope")
+        return replace(a, rope=rope, **extra.get("attention", {}))
+
+    def block(b: Block) -> Block:
+        mixer = attention(b.mixer) if isinstance(b.mixer, Attention) else b.mixer
+        cross = attention(b.cross) if b.cross is not None else None
+        ffn = replace(b.ffn, **extra.get("moe", {})) if isinstance(b.ffn, MoE) and extra.get("moe") else b.ffn
+        return replace(b, mixer=mixer, cross=cross, ffn=ffn)
+
+    blocks = runs(Run(block(r.block), r.repeat) for r in spec.blocks)
+    encoder = runs(Run(block(r.block), r.repeat) for r in spec.encoder)
+    return replace(spec, blocks=blocks, encoder=encoder, norm=norm, **extra.get("model", {}))
+
+
+def _float(c: _Config, key: str, default):
+    v = c.raw(key, default)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise c.error(f"{key} must be a number, got {_short_repr(v)}")
+    return float(v)
+
+
+def _model_function(c: _Config, model_type: str, spec: Transformer) -> dict:
+    """Per model type, the function fields beyond rope and norms: {"attention": {...}, "moe": {...},
+    "model": {...}} to set on every attention, every MoE and the model."""
+    D = spec.width
+    out = {"attention": {}, "moe": {}, "model": {}}
+    if model_type in ("deepseek_v3", "kimi_k2", "deepseek_v32", "glm_moe_dsa", "glm4_moe"):
+        out["moe"] = dict(routed_scale=_float(c, "routed_scaling_factor", 2.5 if model_type != "glm4_moe" else 1.0),
+                          groups=c.size("n_group", 8 if model_type in ("deepseek_v3", "kimi_k2", "deepseek_v32") else 1),
+                          group_top_k=c.size("topk_group", 4 if model_type in ("deepseek_v3", "kimi_k2", "deepseek_v32")
+                                             else 1),
+                          renormalize=c.flag("norm_topk_prob", True))
+    if model_type in ("deepseek_v3", "kimi_k2", "deepseek_v32", "glm_moe_dsa", "deepseek_v2"):
+        # the softmax scale of MLA with YaRN: 1/sqrt(q head size) times mscale(factor, mscale_all_dim)^2
+        a = spec.attention if spec.blocks else None
+        scale = None
+        if a is not None:
+            params = _rope_parameters(c, FUNCTIONS[model_type])[None]
+            scale = a.head_dim ** -0.5
+            if params.get("rope_type", params.get("type")) not in (None, "default"):
+                m = params.get("mscale_all_dim", 0) or 0
+                if m:
+                    factor = params.get("factor", 1.0)
+                    mscale = 1.0 if factor <= 1 else 0.1 * m * math.log(factor) + 1.0
+                    scale = scale * mscale * mscale
+        out["attention"] = dict(scale=scale)
+    if model_type == "deepseek_v2":
+        out["moe"] = dict(routed_scale=_float(c, "routed_scaling_factor", 1.0))
+    if model_type in ("gemma2", "gemma3_text"):
+        q = c.raw("query_pre_attn_scalar", 256)
+        if isinstance(q, bool) or not isinstance(q, (int, float)) or not q > 0:
+            raise c.error(f"query_pre_attn_scalar must be a positive number, got {_short_repr(q)}")
+        softcap = _float(c, "attn_logit_softcapping", 50.0) if model_type == "gemma2" else None
+        out["attention"] = dict(scale=float(q) ** -0.5, softcap=softcap or 0.0)
+        final = _float(c, "final_logit_softcapping", 30.0 if model_type == "gemma2" else None)
+        out["model"] = dict(embed_scale=D ** 0.5, logit_softcap=final or 0.0)
+    if model_type == "granitemoe":
+        out["attention"] = dict(scale=_float(c, "attention_multiplier", 1.0))
+        out["model"] = dict(embed_scale=_float(c, "embedding_multiplier", 1.0),
+                            residual_scale=_float(c, "residual_multiplier", 1.0),
+                            logit_scale=1.0 / _float(c, "logits_scaling", 1.0))
+    if model_type == "olmoe":
+        clip = _float(c, "clip_qkv", None)
+        out["attention"] = dict(clip_qkv=clip or 0.0)
+    return out
 
 
 @dataclass(frozen=True)

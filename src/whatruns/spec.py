@@ -119,10 +119,14 @@ class Norm(_Part):
 
     kind: str = "rmsnorm"
     bias: bool = False
+    eps: Optional[float] = None  # the function, not the count (None: 1e-6 for RMSNorm, 1e-5 for LayerNorm)
+    offset: bool = False  # weights applied as (1 + w): Gemma 2/3, Qwen3-Next
 
     def __post_init__(self):
         _choice("Norm", "kind", self.kind, ("rmsnorm", "layernorm"))
         _flag("Norm", "bias", self.bias)
+        _flag("Norm", "offset", self.offset)
+        _number("Norm", "eps", self.eps, none_ok=True)
         if self.kind == "rmsnorm" and self.bias:
             raise SpecError("Norm: an RMSNorm has no bias")
 
@@ -160,6 +164,77 @@ class Storage(_Part):
     def quantization_config(self) -> Optional[dict]:
         import json
         return json.loads(self.quantization) if self.quantization else None
+
+
+# ---------------------------------------------------------------------------------------------
+# what changes the function but no count: positions, scales
+
+ROPE_SCALINGS = ("default", "linear", "dynamic", "yarn", "llama3", "longrope", "proportional")
+
+
+def _number(owner: str, name: str, value, positive: bool = True, none_ok: bool = False) -> None:
+    if value is None and none_ok:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value in (float("inf"),
+                                                                                                  float("-inf")):
+        raise SpecError(f"{owner}: {name} must be a finite number, got {value!r}")
+    if positive and value <= 0:
+        raise SpecError(f"{owner}: {name} must be positive, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Rope(_Part):
+    """Rotary position embedding of one attention layer: no parameter, no FLOP counted (elementwise), but
+    the function a model computes. Frequencies theta^(-2j/dim) over the first ``dim`` features of each
+    head (0: all of them; a partial rotary factor f gives int(f * head_dim)), the two halves rotated against
+    each other, or neighbouring pairs when ``interleaved`` (DeepSeek's MLA). ``scaling`` stretches them
+    for long contexts as Hugging Face's rope types do: ``linear`` and ``dynamic`` (NTK) by ``factor``,
+    ``yarn`` (``beta_fast``, ``beta_slow``, ``mscale``, ``mscale_all_dim``, ``attention_factor``),
+    ``llama3`` (``low_freq_factor``, ``high_freq_factor``), ``longrope`` (``short_factor`` /
+    ``long_factor`` per frequency), ``proportional`` (Gemma 4: frequencies of the first ``dim`` features
+    over the whole head). ``original_positions``: the pretraining context the scaling starts from;
+    ``max_positions``: the context it was scaled to."""
+
+    theta: float = 10000.0
+    dim: int = 0
+    interleaved: bool = False
+    scaling: str = "default"
+    factor: float = 1.0
+    original_positions: int = 0
+    max_positions: int = 0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    mscale: float = 0.0
+    mscale_all_dim: float = 0.0
+    attention_factor: Optional[float] = None
+    truncate: bool = True
+    short_factor: Tuple[float, ...] = ()
+    long_factor: Tuple[float, ...] = ()
+
+    def __post_init__(self):
+        o = "Rope"
+        _number(o, "theta", self.theta)
+        _positive(o, "dim", self.dim, zero_ok=True)
+        _flag(o, "interleaved", self.interleaved)
+        _flag(o, "truncate", self.truncate)
+        _choice(o, "scaling", self.scaling, ROPE_SCALINGS)
+        for name in ("factor", "low_freq_factor", "high_freq_factor"):
+            _number(o, name, getattr(self, name))
+        for name in ("beta_fast", "beta_slow", "mscale", "mscale_all_dim"):
+            _number(o, name, getattr(self, name), positive=False)
+        _number(o, "attention_factor", self.attention_factor, none_ok=True)
+        for name in ("original_positions", "max_positions"):
+            _positive(o, name, getattr(self, name), zero_ok=True)
+        for name in ("short_factor", "long_factor"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+            for v in getattr(self, name):
+                _number(o, name, v)
+        if self.dim % 2:
+            raise SpecError(f"{o}: dim must be even (features rotate in pairs), got {self.dim}")
+        if self.scaling in ("yarn", "llama3", "longrope") and not self.original_positions:
+            raise SpecError(f"{o}: {self.scaling} scaling needs original_positions")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -218,6 +293,13 @@ class Attention(_Part):
     indexer: Optional[Indexer] = None  # MLA with DeepSeek Sparse Attention
     window: int = 0  # sliding window: keys a query sees (0: no window)
     chunk: int = 0  # chunked attention: tokens per chunk (0: no chunks)
+    # the function, not the count
+    rope: Optional[Rope] = Rope()  # None: no rotary embedding (learned or relative positions, or none: NoPE)
+    scale: Optional[float] = None  # softmax scale (None: 1/sqrt(head_dim); T5: 1; Gemma: query_pre_attn_scalar^-1/2)
+    softcap: float = 0.0  # scores capped as c*tanh(s/c) before the softmax (Gemma 2); 0: none
+    qk_l2norm: bool = False  # q and k scaled to unit length, no weight (Llama 4)
+    value_scale: float = 1.0  # the values multiplied by this (MiMo-V2-Flash)
+    clip_qkv: float = 0.0  # q, k, v clamped to [-c, c] (DBRX, OLMoE); 0: none
 
     kind = "attention"
 
@@ -250,6 +332,15 @@ class Attention(_Part):
             raise SpecError(f"{o}: q_lora_rank and rope_head_dim need MLA (kv_lora_rank > 0)")
         if (self.values_from_keys or self.kv_shared) and self.mla:
             raise SpecError(f"{o}: values_from_keys and kv_shared are not for MLA")
+        if self.rope is not None and not isinstance(self.rope, Rope):
+            raise SpecError(f"{o}: rope must be a Rope or None")
+        if self.rope is not None and self.rope.dim > (self.rope_head_dim if self.mla else self.head_dim):
+            raise SpecError(f"{o}: rope.dim ({self.rope.dim}) exceeds the head's rotary part")
+        _number(o, "scale", self.scale, none_ok=True)
+        _number(o, "softcap", self.softcap, positive=False)
+        _number(o, "value_scale", self.value_scale)
+        _number(o, "clip_qkv", self.clip_qkv, positive=False)
+        _flag(o, "qk_l2norm", self.qk_l2norm)
         if self.indexer is not None:
             if not isinstance(self.indexer, Indexer):
                 raise SpecError(f"{o}: indexer must be an Indexer or None")
@@ -391,9 +482,10 @@ class FFN(_Part):
 
 # softmax_topk: softmax over all experts, keep the top k (Switch, GShard, DeepSeek-V2, Qwen-MoE without renorm)
 # topk_softmax: keep the top k logits, softmax over them (Mixtral, Qwen3-MoE, DBRX, gpt-oss)
-# sigmoid_topk: sigmoid scores, top k, renormalised (DeepSeek-V3, Llama 4 without renorm)
+# sigmoid_topk: sigmoid scores, top k, renormalised (DeepSeek-V3 and its kin)
+# topk_sigmoid: top k of the logits, then their sigmoid, not renormalised (Llama 4)
 # sparsemixer: PhiMoE's two experts, each weighted by a softmax over the logits near it (top_k must be 2)
-ROUTERS = ("softmax_topk", "topk_softmax", "sigmoid_topk", "sparsemixer")
+ROUTERS = ("softmax_topk", "topk_softmax", "sigmoid_topk", "topk_sigmoid", "sparsemixer")
 
 
 @dataclass(frozen=True)
@@ -423,6 +515,12 @@ class MoE(_Part):
     latent: int = 0  # width the routed experts work in (0: the model's width)
     latent_bias: bool = False  # biases on the two latent projections
     router_scale: bool = False  # a learned scale on the router's input (D) and one per expert (E) (Gemma 4)
+    # the function, not the count
+    routed_scale: float = 1.0  # the routed experts' sum times this (DeepSeek-V3's routed_scaling_factor)
+    groups: int = 1  # group-limited routing: experts in this many groups ...
+    group_top_k: int = 1  # ... of which a token may use this many (DeepSeek-V3's n_group, topk_group)
+    weight_input: bool = False  # the router's weight scales the expert's input, not its output (Llama 4)
+    renormalize: bool = True  # sigmoid_topk: the k weights divided by their sum (DeepSeek's norm_topk_prob)
 
     kind = "moe"
 
@@ -449,6 +547,12 @@ class MoE(_Part):
         if self.latent_bias and not self.latent:
             raise SpecError(f"{o}: latent_bias needs a latent width")
         _choice(o, "router", self.router, ROUTERS)
+        _number(o, "routed_scale", self.routed_scale)
+        _positive(o, "groups", self.groups)
+        _positive(o, "group_top_k", self.group_top_k)
+        _flag(o, "weight_input", self.weight_input)
+        _flag(o, "renormalize", self.renormalize)
+        # (groups that do not divide the experts count the same; routing them fails, as in transformers)
         if self.router == "sparsemixer" and self.top_k != 2:
             raise SpecError(f"{o}: the sparsemixer router picks exactly 2 experts, not top_k {self.top_k}")
         if self.capacity_factor is not None:
@@ -618,6 +722,12 @@ class Transformer(_Part):
     head_bias: bool  # a bias of V on the LM head
     per_layer_input: int  # Gemma 4's per-layer embeddings: P features per layer and token (0: none)
     per_layer_vocab: int  # rows of the per-layer embedding table
+    # the function, not the count
+    embed_scale: float  # the embeddings times this (Gemma: sqrt(D); Granite: embedding_multiplier)
+    residual_scale: float  # each sublayer's output times this before the residual add (Granite)
+    logit_scale: float  # the logits times this (Granite: 1/logits_scaling; T5: D^-1/2 when tied)
+    logit_softcap: float  # the logits capped as c*tanh(z/c) (Gemma 2, 4); 0: none
+    post_norm: bool  # each sublayer's norm after the residual add (BERT) instead of before the sublayer
     storage: Storage  # how its checkpoint stores the weights (serving bytes, not counts)
     name: str
 
@@ -627,7 +737,9 @@ class Transformer(_Part):
                  relative_buckets: int = 0, encoder_layers: int = 0, encoder_moe_layers=(),
                  sliding_window: int = 0, sliding_layers=(), token_types: int = 0, embedding_norm: bool = False,
                  final_norm: bool = True, head_transform: bool = False, head_bias: bool = False,
-                 per_layer_input: int = 0, per_layer_vocab: int = 0, storage: Storage = None, name: str = ""):
+                 per_layer_input: int = 0, per_layer_vocab: int = 0, embed_scale: float = 1.0,
+                 residual_scale: float = 1.0, logit_scale: float = 1.0, logit_softcap: float = 0.0,
+                 post_norm: bool = False, storage: Storage = None, name: str = ""):
         o = f"Transformer {name!r}" if name else "Transformer"
         shorthand = layers is not None or attention is not None or ffn is not None or moe is not None
         if blocks is not None:
@@ -664,8 +776,9 @@ class Transformer(_Part):
                       norm=Norm() if norm is None else norm, tied=tied, positions=positions,
                       relative_buckets=relative_buckets, token_types=token_types, embedding_norm=embedding_norm,
                       final_norm=final_norm, head_transform=head_transform, head_bias=head_bias,
-                      per_layer_input=per_layer_input, per_layer_vocab=per_layer_vocab,
-                      storage=Storage() if storage is None else storage, name=name)
+                      per_layer_input=per_layer_input, per_layer_vocab=per_layer_vocab, embed_scale=embed_scale,
+                      residual_scale=residual_scale, logit_scale=logit_scale, logit_softcap=logit_softcap,
+                      post_norm=post_norm, storage=Storage() if storage is None else storage, name=name)
         for k, v in values.items():
             object.__setattr__(self, k, v)
         self._validate()
@@ -679,8 +792,11 @@ class Transformer(_Part):
         _positive(o, "per_layer_vocab", self.per_layer_vocab, zero_ok=True)
         if bool(self.per_layer_input) != bool(self.per_layer_vocab):
             raise SpecError(f"{o}: give per_layer_input and per_layer_vocab together")
-        for name in ("tied", "embedding_norm", "final_norm", "head_transform", "head_bias"):
+        for name in ("tied", "embedding_norm", "final_norm", "head_transform", "head_bias", "post_norm"):
             _flag(o, name, getattr(self, name))
+        for name in ("embed_scale", "residual_scale", "logit_scale"):
+            _number(o, name, getattr(self, name))
+        _number(o, "logit_softcap", self.logit_softcap, positive=False)
         if not isinstance(self.norm, Norm):
             raise SpecError(f"{o}: norm must be a Norm")
         if not isinstance(self.storage, Storage):
@@ -1015,9 +1131,9 @@ _KINDS = {"transformer": Transformer, "embedding_model": EmbeddingModel}
 _MIXER_KINDS = {c.kind: c for c in MIXERS}
 _FFN_KINDS = {c.kind: c for c in FFNS}
 _NESTED = {"attention": Attention, "ffn": FFN, "moe": MoE, "norm": Norm, "expert": FFN, "shared": FFN,
-           "indexer": Indexer, "cross": Attention, "block": Block, "storage": Storage}
+           "indexer": Indexer, "cross": Attention, "block": Block, "storage": Storage, "rope": Rope}
 _PARTS = (Transformer, EmbeddingModel, Attention, LinearAttention, Mamba2, Indexer, FFN, MoE, Norm, Table,
-          Block, Run, Storage)
+          Block, Run, Storage, Rope)
 
 
 def to_dict(spec: Spec) -> dict:

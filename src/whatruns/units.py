@@ -14,3 +14,11 @@ def human(n: float, digits: int = 3, decimals: int = None) -> str:
     if decimals is not None and float(n).is_integer():
         return f"{n:.0f}"
     return f"{n:{fmt}}"
+
+
+def human_bytes(n: float, digits: int = 3) -> str:
+    """Bytes in decimal units, as vendors print memory: 65248815744 -> '65.2 GB', 131072 -> '131 kB'."""
+    for unit, scale in (("PB", 1e15), ("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.{digits}g} {unit}"
+    return f"{n:.{digits}g} B"
