@@ -173,14 +173,7 @@ def _expected_name(cfg: dict) -> str:
     return cfg["model_type"] if text_model(cfg)[1] else text_model(cfg)[0]["model_type"]
 
 
-# hf._model_function reads spec.attention (the one attention every layer has) for the MLA softmax scale; GLM-5.2's
-# layers differ (shared indexers), so loading it fails: "its layers have 2 different attentions"
-SHARED_INDEXERS = pytest.mark.xfail(strict=True, raises=SpecError,
-                                    reason="hf._model_function reads spec.attention, which GLM-5.2's layers do not share")
-
-
-@pytest.mark.parametrize("path", [pytest.param(p, marks=SHARED_INDEXERS) if p.stem == "GLM-5.2" else p
-                                  for p in CONFIG_FILES + RECONSTRUCTED_FILES],
+@pytest.mark.parametrize("path", CONFIG_FILES + RECONSTRUCTED_FILES,
                          ids=[p.stem for p in CONFIG_FILES] + [f"reconstructed/{p.stem}" for p in RECONSTRUCTED_FILES])
 def test_published_config(path):
     """Each stored config.json, loaded from its path, counts exactly what transformers builds."""
@@ -188,13 +181,12 @@ def test_published_config(path):
     spec = load(path)
     assert count(spec).total_params == oracle(cfg)
     assert load(str(path)) == spec
-    if (cfg.get("text_config") or {}).get("_name_or_path") != "":  # see the xfail test below
+    if (cfg.get("text_config") or {}).get("_name_or_path") != "":  # see the test below
         assert spec.name == _expected_name(cfg)
 
 
-@pytest.mark.xfail(strict=True, reason="hf.text_model names a wrapper whose text_config has \"_name_or_path\": \"\" "
-                                       "by the text model type, not the wrapper's (it tests for the key, not a name)")
 def test_a_wrapper_with_an_empty_text_name_is_named_by_its_type():
+    """A text_config's empty "_name_or_path" is no name: the model is named by its wrapper's type."""
     cfg = json.loads((CONFIGS / "Kimi-K2.5.json").read_text())  # text_config: {"_name_or_path": "", ...}
     assert load(cfg).name == "kimi_k25"
 
@@ -241,7 +233,6 @@ def test_published_layouts():
     assert qwen2.attention.bias and not qwen2.attention.out_bias and qwen2.sliding_window == 0
 
 
-@SHARED_INDEXERS
 def test_published_layout_of_glm_5_2():
     glm = _layers(load(CONFIGS / "GLM-5.2.json"))  # indexer on 21 layers (0, 1, 2, 6, 10, ..., 74), shared elsewhere
     own = [i for i, b in enumerate(glm) if not b.mixer.indexer.shared]
@@ -1181,12 +1172,7 @@ def test_random_configs_count_what_transformers_builds(model_type):
     run()
 
 
-# whatruns.spec.from_dict reads every field named "shared" as an FFN (MoE.shared), Indexer.shared too
-ROUND_TRIP_BUG = pytest.mark.xfail(strict=True, raises=SpecError, reason="from_dict reads Indexer.shared as an FFN")
-
-
-@pytest.mark.parametrize("model_type", [pytest.param(t, marks=ROUND_TRIP_BUG) if t in ("deepseek_v32", "glm_moe_dsa")
-                                        else t for t in sorted(GENERATORS)])
+@pytest.mark.parametrize("model_type", sorted(GENERATORS))
 def test_random_configs_round_trip_through_the_own_format(model_type):
     """A spec read from a config is the same spec after the library's own format, to_dict then from_dict."""
     @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -1491,10 +1477,10 @@ def test_readme_lists_every_model_type_and_wrapper():
 
 
 # ---------------------------------------------------------------------------------------------
-# reader bugs found by the tests above, each with the smallest config that shows it (xfail until hf.py is fixed)
+# reader bugs found by the tests above, each with the smallest config that showed it: they count exactly now
 
 def _bug(id_, reason, cfg):
-    return pytest.param(cfg, id=id_, marks=pytest.mark.xfail(strict=True, reason=reason))
+    return pytest.param(cfg, id=id_)  # reason: what the bug was
 
 
 KNOWN_BUGS = [
@@ -1518,13 +1504,6 @@ KNOWN_BUGS = [
          "12 // 3 = 4 (layer 1 sparse), not 4 // 3 = 1 (every layer sparse)",
          {"model_type": "switch_transformers", "vocab_size": 10, "d_model": 8, "num_heads": 2, "d_kv": 4, "d_ff": 8,
           "num_hidden_layers": 4, "num_decoder_layers": 4, "num_experts": 2}),
-    _bug("step3p5-num_local_experts", "Step3p7TextConfig has num_local_experts both as a dataclass field and as an "
-         "attribute_map alias of n_routed_experts, a later field: the n_routed_experts default (288) overwrites it; "
-         "whatruns reads num_local_experts as the number of experts",
-         {"model_type": "step3p5", "vocab_size": 10, "hidden_size": 8, "num_attention_heads": 2,
-          "num_key_value_heads": 1, "head_dim": 4, "num_hidden_layers": 1, "intermediate_size": 8,
-          "moe_intermediate_size": 4, "share_expert_dim": 4, "num_local_experts": 2, "num_experts_per_tok": 1,
-          "mlp_layer_types": ["sparse"]}),
     _bug("step3p5-per_layer_config", "a per_layer_config in the file replaces the sliding-head rule (Step3p7TextConfig "
          "only setdefaults it): layer 1 has num_attention_heads 2 in transformers, 4 in whatruns",
          {"model_type": "step3p5", "vocab_size": 10, "hidden_size": 8, "num_attention_heads": 2,
@@ -1538,3 +1517,16 @@ KNOWN_BUGS = [
 @pytest.mark.parametrize("cfg", KNOWN_BUGS)
 def test_known_reader_bugs(cfg):
     check(cfg)
+
+
+def test_step3p5_num_local_experts_alone_is_refused():
+    """Step3p7TextConfig has num_local_experts both as a field and as an alias of n_routed_experts, a later field
+    whose default (288) overwrites it: transformers takes no number of experts from it. whatruns once read it
+    as the number of experts; a file that gives only it is refused, with the name that counts."""
+    cfg = {"model_type": "step3p5", "vocab_size": 10, "hidden_size": 8, "num_attention_heads": 2,
+           "num_key_value_heads": 1, "head_dim": 4, "num_hidden_layers": 1, "intermediate_size": 8,
+           "moe_intermediate_size": 4, "share_expert_dim": 4, "num_local_experts": 2, "num_experts_per_tok": 1,
+           "mlp_layer_types": ["sparse"]}
+    with pytest.raises(SpecError, match="n_routed_experts is missing .*num_local_experts"):
+        load(cfg)
+    assert count(load({**cfg, "n_routed_experts": 2})).total_params == oracle({**cfg, "n_routed_experts": 2})

@@ -154,13 +154,7 @@ def test_tensors_of_catalog_models_add_up_to_count(name):
     _check_tensors(catalog.spec(name))
 
 
-# GLM-5.2 (shared indexer layers) does not load yet: test_hf's test_known_reader_bugs[glm_moe_dsa-shared]
-GLM_5_2 = pytest.mark.xfail(strict=True, raises=SpecError, reason="hf._model_function reads spec.attention, which "
-                            "GLM-5.2's layers do not share")
-
-
-@pytest.mark.parametrize("path", [pytest.param(p, marks=GLM_5_2) if p.endswith("/GLM-5.2.json") else p
-                                  for p in sorted(glob.glob("tests/configs/*.json"))])
+@pytest.mark.parametrize("path", sorted(glob.glob("tests/configs/*.json")))
 def test_tensors_of_published_configs_add_up_to_count(path):
     _check_tensors(load(path))
 
