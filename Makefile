@@ -2,7 +2,7 @@
 PY      := .venv/bin/python
 STAMP   := .venv/.installed
 
-.PHONY: book slides test test-lib test-notebooks test-site execute experiments bench clean
+.PHONY: book slides handout test test-lib test-notebooks test-site execute experiments bench clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
@@ -17,9 +17,14 @@ $(STAMP): requirements.txt pyproject.toml
 book: $(STAMP)
 	.venv/bin/jupyter-book build . -W -n --keep-going --all
 
-# Every chapter as reveal.js slides that work offline, with speaker notes: _build/slides/index.html.
+# Every chapter as reveal.js slides that work offline, with speaker notes: _build/slides/index.html. What each
+# slide shows comes from the chapter's outline, book/slides/<chapter>.yml.
 slides: $(STAMP)
 	$(PY) scripts/slides.py
+
+# Every deck as a PDF, one slide per page, printed by headless Chromium: _build/slides/handout/.
+handout: slides
+	$(PY) scripts/handout.py
 
 # The library's tests, every notebook under nbval, then the site built and checked in headless Chromium
 # (tests/browser; skipped where /usr/bin/chromium is missing, unless WHATRUNS_REQUIRE_BROWSER=1 as in CI).
