@@ -14,8 +14,14 @@ $(STAMP): requirements.txt pyproject.toml
 # The site, from the stored (nbval-verified) notebook outputs; -W: any warning fails the build, and so does
 # any page that would load something from another host (the site works offline). --all: every page is
 # rewritten (an incremental build keeps links to sections that moved); under a minute on 2 cores.
-book: $(STAMP)
+book: $(STAMP) node_modules/.installed
 	.venv/bin/jupyter-book build . -W -n --keep-going --all
+
+# The calculator page runs the library in the browser under Pyodide, which the build copies from npm
+# (package.json pins it, package-lock.json its bytes): about 14 MB under _build/html/_static/calculator/.
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --ignore-scripts
+	touch $@
 
 # Every chapter as reveal.js slides that work offline, with speaker notes: _build/slides/index.html. What each
 # slide shows comes from the chapter's outline, book/slides/<chapter>.yml.
