@@ -53,6 +53,17 @@ def test_changing_e_and_k_counts_the_changed_spec():
     assert not same["changed"] and same["count"] == calc.report("mixtral-8x7b")["count"]
 
 
+def test_the_cli_options_pass_through(capsys):
+    assert whatruns.cli.main(["count", "dbrx", "--json", "--causal", "--active-convention", "whole_table",
+                              "--seq-len", "8192"]) == 0
+    r = calc.report("dbrx", causal=True, active_convention="whole_table", seq_len=8192)
+    assert r["count"] == json.loads(capsys.readouterr().out)
+    assert r["command"] == "whatruns count dbrx --json --seq-len 8192 --causal --active-convention whole_table"
+    assert json.loads(calc.call("options"))["active_conventions"][0] == "one_row"
+    big = calc.report("deepseek-v3", batch=4096, seq_len=32768)["readable"]["per_step"]["training_flops_per_step"]
+    assert int(big["json"]) > 2 ** 53 and big["exact"] == f"{int(big['json']):,}"  # every digit kept
+
+
 def test_with_experts_keeps_everything_else_and_validates():
     spec = whatruns.load("deepseek-v3")
     changed = calc.with_experts(spec, experts=64)

@@ -137,14 +137,13 @@ def test_sentences_and_exercises_are_read_as_the_chapters_write_them():
 
 @pytest.mark.parametrize("path", booktools.chapters(), ids=lambda p: p.stem)
 def test_every_committed_outline_resolves_against_its_chapter(path):
-    """Each book/slides/<chapter>.yml points only at sections, cells and glued values the committed notebook holds,
-    and every chapter in the toc has an outline."""
+    """Each book/slides/<chapter>.yml points only at sections, cells and glued values the committed notebook holds
+    (a chapter the toc gains without an outline gets the fallback deck, which must build too)."""
     nb = booktools.read(path)
     titles = {p.stem: booktools.title(booktools.read(p)) for p in booktools.chapters()}
     ch = slides.Chapter(path, nb, titles, {}, {})
     outline = slides.load_outline(path.stem)
-    assert outline is not None, f"no book/slides/{path.stem}.yml"
     deck = slides.deck(ch, outline)
     assert not ch.errors, "\n".join(ch.errors)
     assert all(s.notes.strip() for s in deck)
-    assert len(deck) >= 4
+    assert len(deck) >= (4 if outline is not None else 2)

@@ -26,6 +26,7 @@
     flops_per_token: "Forward FLOPs per token",
     training_flops_per_token: "Training FLOPs per token (3 × forward)",
     seq_len: "Context T (tokens per sequence)",
+    active_params_as_convention: "Active parameters, as the chosen convention counts them",
     params: "stored",
     active: "active",
     batch: "Batch B (sequences)",
@@ -39,7 +40,10 @@
   const label = (key) => LABELS[key] || key.replace(/_/g, " ");
 
   const state = { model: "mixtral-8x7b", variant: "", config: null, experts: null, top_k: null,
-                  seq_len: null, batch: 1 };
+                  seq_len: null, batch: 1, causal: false, convention: "" };
+  // How the choices of the command line's --active-convention read on the page
+  const CONVENTIONS = { one_row: "one row of the embedding", whole_table: "the whole embedding table",
+                        non_embedding: "no embedding table, no head" };
   let catalog = [];
   let sent = 0;
   let shown = 0;
@@ -93,6 +97,8 @@
     state.seq_len = readNumber(q.get("context") ?? q.get("seq_len") ?? q.get("T"));
     const b = readNumber(q.get("batch") ?? q.get("B"));
     if (b !== null) state.batch = b;
+    state.causal = ["1", "true", "yes"].includes((q.get("causal") || "").toLowerCase());
+    state.convention = (q.get("convention") || "").trim();
   }
   function toAddress() {
     if (state.config !== null) return;  // a pasted config does not fit in an address
@@ -103,6 +109,8 @@
     if (state.top_k !== null) q.set("k", state.top_k);
     if (state.seq_len !== null) q.set("context", state.seq_len);
     if (state.batch !== 1) q.set("batch", state.batch);
+    if (state.causal) q.set("causal", "1");
+    if (state.convention) q.set("convention", state.convention);
     history.replaceState(null, "", "?" + q.toString() + location.hash);
   }
   function fillVariants() {
@@ -125,7 +133,7 @@
     const td = document.createElement("td");
     td.className = "calc-value";
     td.dataset.key = key;
-    td.dataset.value = JSON.stringify(value);
+    td.dataset.value = readable && readable.json !== undefined ? readable.json : JSON.stringify(value);
     const exact = document.createElement("span");
     exact.className = "calc-exact";
     exact.textContent = readable ? readable.exact : String(value);
@@ -147,7 +155,8 @@
     return tr;
   }
   const isNumber = (v) => typeof v === "number";
-  const isTable = (v) => v && typeof v === "object" && Object.values(v).every((x) => x && typeof x === "object");
+  const isObject = (v) => v !== null && typeof v === "object" && !Array.isArray(v);
+  const isTable = (v) => isObject(v) && Object.values(v).length > 0 && Object.values(v).every(isObject);
 
   function renderCount(count, readable) {
     const table = $("calc-count");
@@ -159,7 +168,7 @@
         table.append(row(label(key), cell(key, value, readable[key])));
       } else if (isTable(value)) {
         parts.append(componentTable(key, value, readable[key]));
-      } else if (value && typeof value === "object") {
+      } else if (isObject(value)) {
         const sub = document.createElement("table");
         sub.className = "calc-table";
         for (const [k, v] of Object.entries(value)) {
@@ -241,7 +250,8 @@
     root.dataset.request = String(id);
     root.dataset.state = "busy";
     toAddress();
-    const args = { seq_len: state.seq_len, batch: state.batch, experts: state.experts, top_k: state.top_k };
+    const args = { seq_len: state.seq_len, batch: state.batch, experts: state.experts, top_k: state.top_k,
+                   causal: state.causal, active_convention: state.convention || null };
     if (state.config !== null) args.config = state.config;
     else { args.model = state.model; args.variant = state.variant || null; }
     try {
@@ -283,6 +293,14 @@
         soon();
       });
     }
+    $("calc-causal").addEventListener("change", () => {
+      state.causal = $("calc-causal").checked;
+      update();
+    });
+    $("calc-convention").addEventListener("change", () => {
+      state.convention = $("calc-convention").value;
+      update();
+    });
     $("calc-reset").addEventListener("click", () => {
       state.experts = null;
       state.top_k = null;
@@ -325,6 +343,11 @@
       const boot = await ask("boot");
       const v = boot.result;
       catalog = (await ask("models")).result;
+      const conventions = (await ask("options")).result.active_conventions;
+      $("calc-convention").replaceChildren(...conventions.map(
+        (c, i) => new Option(CONVENTIONS[c] || c.replace(/_/g, " "), i === 0 ? "" : c)));
+      $("calc-convention").value = conventions.slice(1).includes(state.convention) ? state.convention : "";
+      $("calc-causal").checked = state.causal;
       const select = $("calc-model");
       select.replaceChildren(...catalog.map((m) => new Option(`${m.title} (${m.name})`, m.name)));
       if (!catalog.some((m) => m.name === state.model)) select.append(new Option(state.model, state.model));

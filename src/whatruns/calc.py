@@ -29,10 +29,10 @@ import sys
 from typing import Optional
 
 from . import catalog, cli, units
-from .count import experts_touched
+from .count import ACTIVE_CONVENTIONS, experts_touched
 from .spec import EmbeddingModel, SpecError, to_dict
 
-__all__ = ["call", "models", "report", "run", "with_experts"]
+__all__ = ["call", "models", "options", "report", "run", "with_experts"]
 
 
 def run(argv: list, stdin: str = "") -> tuple:
@@ -85,6 +85,11 @@ def models() -> list:
     return out
 
 
+def options() -> dict:
+    """The choices the page offers beside the numbers: how the embedding counts in "active"."""
+    return {"active_conventions": list(ACTIVE_CONVENTIONS)}
+
+
 def _batch_option() -> bool:
     """Whether ``whatruns count`` takes ``--batch`` (then the page passes the batch on to it)."""
     global _HAS_BATCH
@@ -125,12 +130,13 @@ def _load(model, config, variant):
 
 def report(model: Optional[str] = None, config: Optional[str] = None, variant: Optional[str] = None,
            experts: Optional[int] = None, top_k: Optional[int] = None, seq_len: Optional[int] = None,
-           batch: int = 1) -> dict:
+           batch: int = 1, causal: bool = False, active_convention: Optional[str] = None) -> dict:
     """Everything the page shows for one setting of its inputs.
 
     ``model`` is a catalog name (with an optional ``variant``), or ``config`` the text of a ``config.json``;
     ``experts`` and ``top_k`` change the MoE (None: as loaded); ``seq_len`` is the context T (None: the command
-    line's default); ``batch`` is B. Returns ``{"ok": True, "count": <the command line's JSON>, "model": <E, k
+    line's default); ``batch`` is B; ``causal`` and ``active_convention`` are the command line's ``--causal`` and
+    ``--active-convention``. Returns ``{"ok": True, "count": <the command line's JSON>, "model": <E, k
     and kind as loaded>, "changed": bool, "per_step": {...}, "command": <the command line>, "readable": {...}}`` or ``{"ok": False, "error":
     <one line, as the command line prints it>}``."""
     if (model is None) == (config is None):
@@ -139,7 +145,9 @@ def report(model: Optional[str] = None, config: Optional[str] = None, variant: O
         batch = _positive("the batch B", batch)
     except SpecError as e:
         return {"ok": False, "error": _error_line(e)}
-    argv = _argv("-" if config is not None else model, variant, seq_len, batch)
+    options = (["--causal"] if causal else []) + (["--active-convention", active_convention]
+                                                  if active_convention else [])
+    argv = _argv("-" if config is not None else model, variant, seq_len, batch) + options
     status, out, err = run(argv, config or "")
     if status != 0:
         return {"ok": False, "error": err.strip()}
@@ -154,12 +162,15 @@ def report(model: Optional[str] = None, config: Optional[str] = None, variant: O
             spec = with_experts(spec, experts, top_k)
         except SpecError as e:
             return {"ok": False, "error": _error_line(e)}
-        label = counted["source"]
-        status, out, err = run(_argv("-", None, seq_len, batch), json.dumps(to_dict(spec)))
+        first = counted
+        status, out, err = run(_argv("-", None, seq_len, batch) + options, json.dumps(to_dict(spec)))
         if status != 0:
             return {"ok": False, "error": err.strip()}
         counted = json.loads(out)
-        counted["source"] = f"{label}, with E = {spec.moe.experts} and k = {spec.moe.top_k}"
+        counted["source"] = f"{first['source']}, with E = {spec.moe.experts} and k = {spec.moe.top_k}"
+        for key in ("text_model_of",):  # what the first reading found out about the source
+            if key in first:
+                counted[key] = first[key]
         command += f", with E = {spec.moe.experts} and k = {spec.moe.top_k} set on the spec (whatruns.calc.with_experts)"
     steps = _per_step(counted, spec, batch)
     return {"ok": True, "count": counted, "model": loaded, "changed": changed, "per_step": steps, "command": command,
@@ -182,7 +193,8 @@ def _per_step(counted: dict, spec, batch: int) -> dict:
 
 
 def _readable(tree):
-    """The same tree with every number as the page prints it: ``{"exact": "46,702,792,704", "short": "46.7B"}``."""
+    """The same tree with every number as the page prints it, ``{"exact": "46,702,792,704", "short": "46.7B",
+    "json": "46702792704"}`` (JavaScript's numbers hold integers exactly only up to 2^53; this text holds all)."""
     if isinstance(tree, dict):
         return {k: _readable(v) for k, v in tree.items()}
     if isinstance(tree, bool) or not isinstance(tree, (int, float)):
@@ -191,21 +203,20 @@ def _readable(tree):
         exact = f"{int(tree):,}"
     else:
         exact = f"{tree:,.6g}" if abs(tree) >= 1 else f"{tree:.4g}"
-    if abs(tree) >= 1e15:  # beyond units.human's largest unit (T)
-        short = f"{tree:.3g}".replace("e+", "e")
-    elif abs(tree) >= 10_000:
+    if abs(tree) >= 10_000:
         short = units.human(tree)
     else:
         short = f"{tree:.2%}" if 0 < abs(tree) < 1 else exact
-    return {"exact": exact, "short": short}
+    return {"exact": exact, "short": short, "json": json.dumps(tree)}  # json: every digit, past 2^53 too
 
 
 def call(name: str, arguments: str = "{}") -> str:
-    """The page's one entry point: ``name`` is ``"models"`` or ``"report"``, ``arguments`` a JSON object of
+    """The page's one entry point: ``name`` is ``"models"``, ``"options"`` or ``"report"``, ``arguments`` a JSON object of
     keyword arguments; returns JSON. (A bug is caught and returned as one line, so the page can show it.)"""
     try:
         kwargs = json.loads(arguments)
-        result = models() if name == "models" else report(**kwargs) if name == "report" else None
+        calls = {"models": models, "options": options, "report": report}
+        result = calls[name](**kwargs) if name in calls else None
         if result is None:
             raise ValueError(f"no such call {name!r}")
     except Exception as e:  # the page shows the line; the command line would have printed it the same way

@@ -237,7 +237,7 @@ def test_a_pasted_config_gives_the_cli_count_or_its_one_line_error(page):
 def test_changing_e_k_context_and_batch_offline_counts_the_changed_spec(page, context):
     import whatruns
     from whatruns.calc import with_experts
-    from whatruns.count import experts_touched
+    from whatruns.count import active_params_as, experts_touched
 
     page.select_option("#calc-model", "mixtral-8x7b")
     settle(page)
@@ -258,6 +258,17 @@ def test_changing_e_k_context_and_batch_offline_counts_the_changed_spec(page, co
         assert got["per_step.experts_per_layer_decoding_batch"] == experts_touched(16, 4, 8)
         assert "E = 16 and k = 4" in page.inner_text("#calc-source")
         assert "experts=16" in page.url and "k=4" in page.url and "context=4096" in page.url
+        # the command line's --causal and --active-convention, as a checkbox and a choice
+        before = requests(page)
+        page.check("#calc-causal")
+        page.select_option("#calc-convention", "whole_table")
+        page.wait_for_timeout(400)
+        settle(page, before)
+        got = shown(page)
+        c = whatruns.count(spec, seq_len=4096, causal=True)
+        assert got["flops_per_token"] == c.flops_per_token < want["flops_per_token"]
+        assert got["active_params_as_convention"] == active_params_as(c, "whole_table")
+        assert "causal=1" in page.url and "convention=whole_table" in page.url
         # an impossible setting: the library's one line, and the last good numbers stay, dimmed
         before = requests(page)
         page.fill("#calc-topk", "17")
