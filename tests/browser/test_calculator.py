@@ -19,7 +19,6 @@ import functools
 import http.server
 import json
 import os
-import pathlib
 import shutil
 import subprocess
 import sys
