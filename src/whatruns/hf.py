@@ -188,9 +188,9 @@ def text_model(config: dict):
         for key, value in wrapper.text_overrides:
             inner[key] = value
     for key in ("_name_or_path", "name"):
-        if key in config and key not in inner:
+        if config.get(key) and not inner.get(key):
             inner[key] = config[key]
-    if "_name_or_path" not in inner and "name" not in inner:
+    if not inner.get("_name_or_path") and not inner.get("name"):
         inner["name"] = mt  # the model is named by its wrapper's type, as an unnamed config by its own
     return inner, mt
 
@@ -1046,6 +1046,14 @@ def _routed_only(d: dict, model_type: str) -> Transformer:
         moe_layers=tuple(range(L)), tied=c.flag("tie_word_embeddings", False), name=c.name(model_type))
 
 
+def _pre_alias(c: _Config, key: str, default: int) -> int:
+    """``key`` as a config class's ``__post_init__`` sees it: under that name, else the class default --
+    T5 and Switch derive the decoder's layers (and Switch its sparse steps) from ``num_layers`` before the
+    ``num_hidden_layers`` alias is applied, so a file that says only ``num_hidden_layers`` gets a decoder
+    of the default depth."""
+    return c.size(key, default) if key in c.d else default
+
+
 def _t5(d: dict) -> Transformer:
     """T5 (v1.0, v1.1, Flan-T5): an encoder of ``num_layers`` and a decoder of ``num_decoder_layers`` (absent or
     null: as many), no biases, T5's weight-only RMSNorm, a relative-position bias of
@@ -1059,7 +1067,7 @@ def _t5(d: dict) -> Transformer:
     D, H = c.size("d_model"), c.size("num_heads")
     enc = c.size("num_layers")
     dec = c.size("num_decoder_layers", None, none=True)
-    dec = enc if dec is None else dec
+    dec = _pre_alias(c, "num_layers", 6) if dec is None else dec
     proj = c.raw("feed_forward_proj", "relu")
     if not isinstance(proj, str):
         raise c.error(f"feed_forward_proj must be a string like 'relu' or 'gated-gelu', got {_short_repr(proj)}")
@@ -1188,7 +1196,9 @@ def _step3p5(d: dict) -> Transformer:
     or a dense FFN; ``mlp_bias`` on the dense and shared FFNs. Lists may cover the multi-token-prediction layers
     too (their tail is dropped: those layers are not built). A file's ``per_layer_config`` gives layers their
     own query heads, key/value heads or head_dim."""
-    c = _Config(d, "step3p5 config", {"n_routed_experts": ("num_local_experts", "moe_num_experts"),
+    # (num_local_experts is also a field of its own, which the later n_routed_experts default overwrites:
+    # transformers reads no number of experts from it)
+    c = _Config(d, "step3p5 config", {"n_routed_experts": "moe_num_experts",
                                        "num_key_value_heads": "num_attention_groups",
                                        "num_experts_per_tok": "moe_top_k", "share_expert_dim": "share_expert_dims"})
     D, H, L = c.size("hidden_size"), c.size("num_attention_heads"), c.size("num_hidden_layers")
@@ -1201,8 +1211,9 @@ def _step3p5(d: dict) -> Transformer:
     types = _trimmed(c, "layer_types", L) or ["full_attention"] * L
     if any(not isinstance(t, str) for t in types):
         raise c.error("layer_types must be strings")
-    shapes = [(sliding_heads if t == "sliding_attention" else H, kv, dh) for t in types]
     per_layer = c.raw("per_layer_config", None)
+    # a per_layer_config replaces the sliding-head rule (the config class only fills it in when absent)
+    shapes = [(sliding_heads if t == "sliding_attention" and per_layer is None else H, kv, dh) for t in types]
     if per_layer is not None:
         if not isinstance(per_layer, dict):
             raise c.error(f"per_layer_config must be an object, got {_short_repr(per_layer)}")
@@ -1236,6 +1247,9 @@ def _step3p5(d: dict) -> Transformer:
     window = c.size("sliding_window", None, none=True) or 0
     moe = ffn = None
     if "sparse" in kinds:
+        if "num_local_experts" in d and not any(k in d for k in ("n_routed_experts", "moe_num_experts")):
+            raise c.error("n_routed_experts is missing (transformers takes no number of experts from "
+                          "num_local_experts: its n_routed_experts default, 288, overwrites it)")
         E = c.size("n_routed_experts")
         moe = MoE(experts=E, top_k=_top_k(c, "num_experts_per_tok", E, 8, "n_routed_experts"), router="sigmoid_topk",
                   expert=FFN(c.size("moe_intermediate_size")), score_bias=True, score_bias_buffer=True,
@@ -1416,9 +1430,10 @@ def _switch(d: dict) -> Transformer:
     D, H = c.size("d_model"), c.size("num_heads")
     enc = c.size("num_layers")
     dec = c.size("num_decoder_layers", 12, none=True)  # absent: 12 (the class default); null: num_layers
-    dec = enc if dec is None else dec
+    pre = _pre_alias(c, "num_layers", 12)
+    dec = pre if dec is None else dec
     steps = []
-    for stack, n in (("encoder", enc), ("decoder", dec)):
+    for stack, n in (("encoder", pre), ("decoder", dec)):
         sparse = c.size(f"num_sparse_{stack}_layers", 3, zero_ok=True)
         default = n // sparse if sparse > 0 else n
         step = c.raw(f"{stack}_sparse_step", default)

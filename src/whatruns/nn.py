@@ -1005,8 +1005,8 @@ def _sparsemixer(logits: torch.Tensor, eps: float = 0.01):
     idx, w, masked = [], [], logits
     for _ in range(2):
         top = masked.max(dim=-1, keepdim=True)
-        near = (top.values - logits) / logits.abs().clamp(min=top.values) <= 2 * eps
-        weights = masked.masked_fill(~near, float("-inf")).softmax(dim=-1)
+        far = (top.values - logits) / logits.abs().clamp(min=top.values) > 2 * eps  # (0 / 0 is not far)
+        weights = masked.masked_fill(far, float("-inf")).softmax(dim=-1)
         idx.append(top.indices)
         w.append(weights.gather(1, top.indices))
         masked = masked.scatter(1, top.indices, float("-inf"))
