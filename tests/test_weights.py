@@ -114,7 +114,12 @@ def moe_like(draw, model_type):
     elif model_type == "minimax_m2":
         cfg.update(num_local_experts=E, num_experts_per_tok=k, rotary_dim=draw(st.sampled_from([2, 4])))
     elif model_type == "phimoe":
-        cfg.pop("rope_scaling", None)  # its longrope needs mscales; the others it cannot run
+        cfg.pop("rope_scaling", None)  # longrope or none: its forward runs no other rope type
+        if draw(st.booleans()):  # (an original context beyond T: the long mscale would need longer sequences)
+            half = cfg["hidden_size"] // cfg["num_attention_heads"] // 2
+            cfg.update(max_position_embeddings=32, rope_scaling=dict(
+                rope_type="longrope", original_max_position_embeddings=8, short_mscale=1.25, long_mscale=1.5,
+                short_factor=[1.0 + 0.5 * i for i in range(half)], long_factor=[2.0 + i for i in range(half)]))
         cfg.update(num_local_experts=max(E, 2), attention_bias=draw(st.booleans()), lm_head_bias=draw(st.booleans()),
                    router_jitter_noise=draw(st.sampled_from([0.01, 0.2])), rms_norm_eps=1e-5)
     elif model_type == "glm4_moe":

@@ -1478,6 +1478,7 @@ class Function:
     interleaved: bool = False  # rotate neighbouring pairs (DeepSeek's rope_interleave, its complex form)
     max_key: str = "max_position_embeddings"  # the key of the context length (DBRX: max_seq_len)
     default_partial: Optional[float] = None  # the partial rotary factor of a "default" rope that gives none (MiMo)
+    mscales: bool = False  # longrope's short_mscale / long_mscale read (PhiMoE; the others ignore them)
 
 
 FUNCTIONS: Dict[str, Function] = {
@@ -1494,7 +1495,7 @@ FUNCTIONS: Dict[str, Function] = {
     "minimax_m2": Function(theta=5e6, max_positions=196608),
     "glm4_moe": Function(eps=1e-5, partial=0.5, max_positions=131072),
     "phi3": Function(eps=1e-5, max_positions=4096),
-    "phimoe": Function(eps=1e-5, theta=1e6, max_positions=131072),
+    "phimoe": Function(eps=1e-5, theta=1e6, max_positions=131072, mscales=True),
     "deepseek_v2": Function(interleaved=True),
     "deepseek_v3": Function(max_positions=4096, interleaved=True),
     "kimi_k2": Function(max_positions=4096, interleaved=True),
@@ -1574,7 +1575,9 @@ def rope_from(params: dict, head_dim: int, max_positions: int, interleaved: bool
                     mscale_all_dim=number("mscale_all_dim", 0.0),
                     attention_factor=None if params.get("attention_factor") is None else number("attention_factor", 1.0),
                     truncate=params.get("truncate", True) is not False,
-                    short_factor=tuple(params.get("short_factor") or ()), long_factor=tuple(params.get("long_factor") or ()))
+                    short_factor=tuple(params.get("short_factor") or ()), long_factor=tuple(params.get("long_factor") or ()),
+                    short_mscale=None if params.get("short_mscale") is None else number("short_mscale", 1.0),
+                    long_mscale=None if params.get("long_mscale") is None else number("long_mscale", 1.0))
     except SpecError as e:
         raise c.error(str(e)) from None
 
@@ -1668,6 +1671,8 @@ def _with_function(spec: Transformer, d: dict, model_type: str) -> Transformer:
         else:
             key = None if None in ropes else ("sliding_attention" if a.window else "full_attention")
             params = ropes.get(key)
+            if params is not None and not f.mscales:
+                params = {k: v for k, v in params.items() if k not in ("short_mscale", "long_mscale")}
             rope = None if params is None else rope_from(params, a.rope_head_dim if a.mla else a.head_dim,
                                                          max_positions, f.interleaved, f"{model_type} config: rope")
         return replace(a, rope=rope, **extra.get("attention", {}))

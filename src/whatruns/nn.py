@@ -159,6 +159,10 @@ def rope_frequencies(rope: Rope, dim: int, head_dim: int, seq_len: int = 0):
         attention = rope.attention_factor
         if attention is None:
             attention = 1.0 if f <= 1.0 else math.sqrt(1 + math.log(f) / math.log(old))
+        if rope.short_mscale is not None:  # PhiMoE: the short factors whatever the length, a scale by length
+            attention = rope.long_mscale if seq_len > old and rope.long_mscale is not None else rope.short_mscale
+            ext = torch.tensor(rope.short_factor, dtype=torch.float32)
+            return 1.0 / (ext * base ** (j / dim)), attention
         ext = torch.tensor(rope.long_factor if seq_len > old else rope.short_factor, dtype=torch.float32)
         return 1.0 / (ext * base ** (j / dim)), attention
     # yarn

@@ -212,6 +212,8 @@ class Rope(_Part):
     truncate: bool = True
     short_factor: Tuple[float, ...] = ()
     long_factor: Tuple[float, ...] = ()
+    short_mscale: Optional[float] = None  # PhiMoE's longrope: cos and sin times short_mscale, or long_mscale past
+    long_mscale: Optional[float] = None  # original_positions; its frequencies stay the short ones (as transformers')
 
     def __post_init__(self):
         o = "Rope"
@@ -225,6 +227,8 @@ class Rope(_Part):
         for name in ("beta_fast", "beta_slow", "mscale", "mscale_all_dim"):
             _number(o, name, getattr(self, name), positive=False)
         _number(o, "attention_factor", self.attention_factor, none_ok=True)
+        _number(o, "short_mscale", self.short_mscale, none_ok=True)
+        _number(o, "long_mscale", self.long_mscale, none_ok=True)
         for name in ("original_positions", "max_positions"):
             _positive(o, name, getattr(self, name), zero_ok=True)
         for name in ("short_factor", "long_factor"):
