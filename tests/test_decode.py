@@ -10,7 +10,7 @@ import torch
 from whatruns import FFN, Attention, Norm, Transformer
 from whatruns.nn import Cache, build
 from whatruns.serve import kv_cache_bytes
-from whatruns.spec import Block, Indexer, LinearAttention, Mamba2, Rope
+from whatruns.spec import Block, Indexer, LinearAttention, Mamba2, MoE, Rope
 
 D = 16
 MLA = dict(kv_lora_rank=5, rope_head_dim=2, q_lora_rank=4)
@@ -36,6 +36,14 @@ CASES = {
         Block(Attention(4, 2, 4, window=2, qk_norm="head"), FFN(8), post_norms=True),
         Block(Attention(4, 2, 8, values_from_keys=True, qk_norm="head"), FFN(8), post_norms=True),
         Block(Attention(4, 2, 4, window=2, qk_norm="head", kv_shared=True), FFN(8), post_norms=True)]),
+    "llama 4: NoPE with temperature, L2 QK-norm, chunks": Transformer(vocab=11, width=D, blocks=[
+        Block(Attention(4, 2, 4, qk_l2norm=True, chunk=3, rope=Rope(interleaved=True)), FFN(8)),
+        Block(Attention(4, 2, 4, rope=None, temperature=0.5, temperature_floor=2), FFN(8))]),
+    "gemma 4: value norm, dense beside experts, layer scalar": Transformer(
+        vocab=11, width=D, layer_scalar=True, blocks=[Block(
+            Attention(4, 2, 4, qk_norm="head", v_norm=True, scale=1.0),
+            MoE(4, 2, FFN(4), shared=FFN(8), shared_experts=1, router="topk_softmax", router_scale=True),
+            post_norms=True, extra_norms=3)] * 2),
     "learned positions": Transformer(vocab=11, width=D, layers=2, positions=16, tied=True,
                                      norm=Norm("layernorm", bias=True), ffn=FFN(32, gated=False, bias=True),
                                      attention=Attention(4, 4, 4, bias=True, out_bias=True, rope=None)),
@@ -50,12 +58,9 @@ def _indexer_ties(model, ids) -> bool:
 
     def hook(indexer, inputs, output):
         x, q_latent = inputs[0], inputs[1]
-        B, T, _ = x.shape
+        T = x.shape[1]
         i = indexer.i
-        q = indexer.wq_b(q_latent).view(B, T, i.heads, i.head_dim)
-        k = indexer.k_norm(indexer.wk(x))
-        s = torch.einsum("bthd,bsd->bths", q, k).relu()
-        s = torch.einsum("bth,bths->bts", indexer.weights_proj(x) * i.heads ** -0.5, s)
+        s = indexer.scores(x, q_latent)  # the indexer's own scores, before the causal mask
         s = s.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
         top = s.sort(dim=-1, descending=True).values
         for t in range(i.top_k, T):  # rows with more visible keys than picks

@@ -219,7 +219,11 @@ def test_published_layouts():
     assert lite.attention.q_lora_rank == 0 and lite.moe.router == "softmax_topk"
     assert lite.moe.shared.width == 2 * 1408
     scout = load(CONFIGS / "Llama-4-Scout-17B-16E.json")
-    assert scout.moe_layers == tuple(range(48)) and scout.moe.shared is not None and not scout.attention.qk_norm
+    assert scout.moe_layers == tuple(range(48)) and scout.moe.shared is not None
+    # its QK-norm is an L2 norm without weights (on the rotary layers); every fourth layer has no rotary (NoPE)
+    mixers = [scout.layer(i).mixer for i in range(scout.layers)]
+    assert not any(a.qk_norm for a in mixers) and [a.rope is None for a in mixers] == [i % 4 == 3 for i in range(48)]
+    assert all(a.qk_l2norm and a.chunk == 8192 for a in mixers if a.rope is not None)
     switch = load(CONFIGS / "switch-base-8.json")
     assert switch.encoder_moe_layers == switch.moe_layers == (1, 3, 5, 7, 9, 11)
     oss = load(CONFIGS / "gpt-oss-20b.json")

@@ -30,9 +30,11 @@ A size must be a JSON integer (``4096``; not ``4096.0``, ``"4096"`` or ``true``,
 
 Bad input raises :class:`~whatruns.spec.SpecError` with a one-line message.
 
-Attention patterns that change FLOPs but not parameters (sliding windows) are carried into
-``Transformer.sliding_window`` / ``sliding_layers``; Llama 4's chunked attention is not (the spec
-has no field for it).
+Attention patterns that change FLOPs but not parameters -- sliding windows, Llama 4's chunked layers -- are
+carried into each layer's ``Attention.window`` / ``chunk``; what changes neither but the function (rope, norms'
+eps and form, softmax scales, soft-caps, routers' details, clamps) into the spec's function fields, model type
+by model type (:data:`FUNCTIONS`, :func:`_model_function`): ``whatruns.weights.from_transformers`` then gives
+transformers' logits (tests/test_weights.py).
 """
 
 from __future__ import annotations
@@ -183,6 +185,8 @@ def text_model(config: dict):
             inner["tie_word_embeddings"] = config.get("tie_word_embeddings", wrapper.tie_default)
         for key, value in wrapper.text_defaults:
             inner.setdefault(key, value)
+        for key, value in wrapper.text_overrides:
+            inner[key] = value
     for key in ("_name_or_path", "name"):
         if config.get(key) and not inner.get(key):
             inner[key] = config[key]
@@ -628,7 +632,7 @@ def _deepseek(d: dict, model_type: str) -> Transformer:
     indexer = None
     if dsa:
         indexer = Indexer(c.size("index_n_heads", dsa["index_heads"]), c.size("index_head_dim", 128),
-                          c.size("index_topk", 2048))
+                          c.size("index_topk", 2048), interleaved=model_type == "glm_moe_dsa")  # GLM-5: pairs
     attn = Attention(heads=H, kv_heads=H, head_dim=nope + rope, v_head_dim=c.size("v_head_dim", dsa["v"] if dsa else 128),
                      bias=attn_bias, out_bias=attn_bias, q_lora_rank=q_lora or 0,
                      kv_lora_rank=c.size("kv_lora_rank", 512), rope_head_dim=rope, indexer=indexer)
@@ -709,7 +713,8 @@ def _qwen3_next(d: dict, model_type: str = "qwen3_next") -> Transformer:
     if Hv % Hk:
         raise c.error(f"linear_num_value_heads ({Hv}) must be a multiple of linear_num_key_heads ({Hk})")
     linear = LinearAttention(heads=Hv, key_heads=Hk, key_dim=c.size("linear_key_head_dim", 128),
-                             value_dim=c.size("linear_value_head_dim", 128), conv=c.size("linear_conv_kernel_dim", 4))
+                             value_dim=c.size("linear_value_head_dim", 128), conv=c.size("linear_conv_kernel_dim", 4),
+                             activation=_activation(c, "hidden_act", "silu"))
     interval = c.size("full_attention_interval", 4)
     types = _layer_types(c, L, ["linear_attention" if (i + 1) % interval else "full_attention" for i in range(L)])
     other = attn if model_type == "qwen3_5_text" else None
@@ -857,7 +862,9 @@ def _nemotron_h(d: dict) -> Transformer:
         blocks["linear_attention"] = Block(Mamba2(heads=heads, head_dim=c.size("mamba_head_dim", 64),
                                                   state=c.size("ssm_state_size", 128), groups=G,
                                                   conv=c.size("conv_kernel", 4), conv_bias=c.flag("use_conv_bias", True),
-                                                  bias=c.flag("use_bias", False)))
+                                                  bias=c.flag("use_bias", False),
+                                                  dt_min=_float(c, "time_step_min", 0.001),
+                                                  activation=_activation(c, "mamba_hidden_act", "silu")))
     if "full_attention" in types:
         H = c.size("num_attention_heads")
         K = c.size("num_key_value_heads", 8)
@@ -1249,11 +1256,30 @@ def _step3p5(d: dict) -> Transformer:
                   shared=FFN(c.size("share_expert_dim"), bias=mlp_bias), shared_experts=1)
     if "dense" in kinds:
         ffn = FFN(c.size("intermediate_size"), bias=mlp_bias)
+    # SwiGLU limits per layer (the function, not the count): swiglu_limits for the routed experts,
+    # swiglu_limits_shared for the shared expert and the dense FFN; 0 or null: none
+    limits, shared_limits = (_limits(c, key, L) for key in ("swiglu_limits", "swiglu_limits_shared"))
+
+    def layer_ffn(i, kind):
+        if kind == "sparse":
+            return moe.with_(expert=moe.expert.with_(clamp=limits[i]), shared=moe.shared.with_(clamp=shared_limits[i]))
+        return ffn.with_(clamp=shared_limits[i])
+
     blocks = [Block(Attention(heads=heads, kv_heads=k, head_dim=hd, bias=bias, out_bias=bias, qk_norm="head",
-                              gate="head", window=window if t == "sliding_attention" else 0),
-                    moe if kind == "sparse" else ffn) for t, (heads, k, hd), kind in zip(types, shapes, kinds)]
+                              gate="head", window=window if t == "sliding_attention" else 0), layer_ffn(i, kind))
+              for i, (t, (heads, k, hd), kind) in enumerate(zip(types, shapes, kinds))]
     return Transformer(vocab=c.size("vocab_size"), width=D, blocks=blocks, tied=c.flag("tie_word_embeddings", False),
                        name=c.name("step3p5"))
+
+
+def _limits(c: _Config, key: str, L: int) -> List[float]:
+    """A per-layer list of clamp bounds (Step 3.5's swiglu limits), 0.0 for none (absent, null or 0)."""
+    v = _trimmed(c, key, L)
+    if v is None:
+        return [0.0] * L
+    if any(x is not None and (isinstance(x, bool) or not isinstance(x, (int, float)) or x < 0) for x in v):
+        raise c.error(f"{key} must be non-negative numbers or null, got {_short_repr(v)}")
+    return [float(x or 0.0) for x in v]
 
 
 def _dbrx(d: dict) -> Transformer:
@@ -1331,8 +1357,12 @@ def _llama4(d: dict) -> Transformer:
     MoE layers are ``moe_layers`` if given, else every ``interleave_moe_layer_step``-th layer
     (step - 1, 2·step - 1, ...). A MoE layer has routed experts of ``intermediate_size`` plus one
     shared expert of the same width, routed by top-k of the logits then a sigmoid (no
-    renormalisation); dense layers have an FFN of ``intermediate_size_mlp``. The QK-norm is an L2
-    norm without weights, so it adds no parameters. The vision tower is not counted."""
+    renormalisation), the weight scaling the expert's input; dense layers have an FFN of ``intermediate_size_mlp``.
+    Layers by ``no_rope_layers`` (1: rotary; default: every ``no_rope_layer_interval``-th layer, default 4, has
+    none): the rotary layers attend within chunks of ``attention_chunk_size`` (by ``layer_types``, when given)
+    and, with ``use_qk_norm``, L2-normalise q and k (no weights, no parameters); the others (NoPE) scale their
+    queries by position (``attn_temperature_tuning``, ``floor_scale``, ``attn_scale``). The vision tower is not
+    counted."""
     c = _Config(d, "llama4_text config")
     D, H, L = c.size("hidden_size"), c.size("num_attention_heads"), c.size("num_hidden_layers")
     listed = c.int_list("moe_layers", None)
@@ -1347,16 +1377,34 @@ def _llama4(d: dict) -> Transformer:
         F = c.size("intermediate_size")
         moe = MoE(experts=E, top_k=_top_k(c, "num_experts_per_tok", E, 1, "num_local_experts"),
                   expert=FFN(F, activation=act), shared=FFN(F, activation=act), shared_experts=1,
-                  router="sigmoid_topk")
+                  router="topk_sigmoid", weight_input=True)
     ffn = FFN(c.size("intermediate_size_mlp"), activation=act) if len(moe_layers) < L else None
     bias = c.flag("attention_bias", False)
-    return Transformer(
-        vocab=c.size("vocab_size"), width=D, layers=L,
-        attention=Attention(heads=H, kv_heads=_kv_heads(c, H, 8, nullable=False),
-                            head_dim=_head_dim(c, D, H, 128, nullable=False),
-                            bias=bias, out_bias=bias),
-        ffn=ffn, moe=moe, moe_layers=moe_layers, tied=c.flag("tie_word_embeddings", False),
-        name=c.name("llama4_text"))
+    interval = c.size("no_rope_layer_interval", 4)
+    rope_layers = c.int_list("no_rope_layers", None) or [int((i + 1) % interval != 0) for i in range(L)]
+    if len(rope_layers) < L:
+        raise c.error(f"no_rope_layers has {len(rope_layers)} entries for {L} layers")
+    chunk = c.size("attention_chunk_size", 8192, none=True)
+    types = _layer_types(c, L, ["chunked_attention" if r and chunk is not None else "full_attention"
+                                for r in rope_layers[:L]])
+    if "chunked_attention" in types and chunk is None:
+        raise c.error("layer_types has chunked_attention but attention_chunk_size is null")
+    tuning = c.raw("attn_temperature_tuning", True)  # published: 4 (a truthy number)
+    temperature = _float(c, "attn_scale", 0.1) if tuning else 0.0
+    floor = c.size("floor_scale", 8192)
+    qk_l2 = c.flag("use_qk_norm", True)
+    attn = Attention(heads=H, kv_heads=_kv_heads(c, H, 8, nullable=False),
+                     head_dim=_head_dim(c, D, H, 128, nullable=False), bias=bias, out_bias=bias)
+    blocks = []
+    for i in range(L):
+        if rope_layers[i]:
+            a = attn.with_(qk_l2norm=qk_l2, chunk=chunk if types[i] == "chunked_attention" else 0)
+        else:
+            a = attn.with_(rope=None, temperature=temperature, temperature_floor=floor,
+                           chunk=chunk if types[i] == "chunked_attention" else 0)
+        blocks.append(Block(a, moe if i in moe_layers else ffn))
+    return Transformer(vocab=c.size("vocab_size"), width=D, blocks=blocks, tied=c.flag("tie_word_embeddings", False),
+                       name=c.name("llama4_text"))
 
 
 def _switch_sparse(layers: int, step) -> tuple:
@@ -1428,6 +1476,9 @@ class Function:
     default_rope: Tuple[Tuple[str, object], ...] = ()
     max_positions: int = 2048
     interleaved: bool = False  # rotate neighbouring pairs (DeepSeek's rope_interleave, its complex form)
+    max_key: str = "max_position_embeddings"  # the key of the context length (DBRX: max_seq_len)
+    default_partial: Optional[float] = None  # the partial rotary factor of a "default" rope that gives none (MiMo)
+    mscales: bool = False  # longrope's short_mscale / long_mscale read (PhiMoE; the others ignore them)
 
 
 FUNCTIONS: Dict[str, Function] = {
@@ -1444,7 +1495,7 @@ FUNCTIONS: Dict[str, Function] = {
     "minimax_m2": Function(theta=5e6, max_positions=196608),
     "glm4_moe": Function(eps=1e-5, partial=0.5, max_positions=131072),
     "phi3": Function(eps=1e-5, max_positions=4096),
-    "phimoe": Function(eps=1e-5, theta=1e6, max_positions=131072),
+    "phimoe": Function(eps=1e-5, theta=1e6, max_positions=131072, mscales=True),
     "deepseek_v2": Function(interleaved=True),
     "deepseek_v3": Function(max_positions=4096, interleaved=True),
     "kimi_k2": Function(max_positions=4096, interleaved=True),
@@ -1456,9 +1507,33 @@ FUNCTIONS: Dict[str, Function] = {
     "gemma2": Function(offset=True, max_positions=8192),
     "gemma3_text": Function(offset=True, rope="per_type", max_positions=131072),
     "llama4_text": Function(eps=1e-5, theta=500000.0, max_positions=131072, interleaved=True),
+    # DBRX: transformers 5.24 builds its rope from the top-level rope_theta / rope_parameters (default 10,000);
+    # the published files' attn_config.rope_theta (500,000) is read by no computation
+    "dbrx": Function(eps_key="", eps=1e-5, max_key="max_seq_len"),
+    "t5": Function("layer_norm_epsilon", 1e-6, rope="none", max_positions=512),
+    "bert": Function("layer_norm_eps", 1e-12, rope="none", max_positions=512),
+    "step3p5": Function(eps=1e-5, offset=True, rope="step", max_positions=128000),
+    # mRoPE: for text alone its three position streams are equal, which is plain rope
+    "qwen3_vl_moe_text": Function(theta=500000.0, max_positions=128000),
+    # (1 + w) norms (the DeltaNet's gated output norm excepted: plain w), rope on a quarter of each head
+    "qwen3_next": Function(offset=True, partial=0.25, max_positions=32768),
+    "nemotron_h": Function("layer_norm_epsilon", 1e-5, rope="none", max_positions=4096),  # attention without positions
+    # Gemma 4: plain-w norms; sliding layers' rope over the head, the full layers' proportional (a quarter of the
+    # frequencies, counted over the whole head)
+    "gemma4_text": Function(rope="per_type", max_positions=131072, default_rope=(
+        ("sliding_attention", {"rope_type": "default", "rope_theta": 10000.0}),
+        ("full_attention", {"rope_type": "proportional", "partial_rotary_factor": 0.25, "rope_theta": 1e6}))),
+    "qwen3_5_text": Function(offset=True, partial=0.25, max_positions=32768),
+    "qwen3_5_moe_text": Function(offset=True, partial=0.25, max_positions=32768),
+    # MiMo reads rope_parameters alone (per layer type; the files' rope_theta / swa_rope_theta keys are not read)
+    "mimo_v2_flash": Function(eps=1e-5, rope="per_type", max_positions=131072, default_partial=0.334, default_rope=(
+        ("full_attention", {"rope_type": "default", "rope_theta": 5e6, "partial_rotary_factor": 0.334}),
+        ("sliding_attention", {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.334}))),
+    "switch_transformers": Function("layer_norm_epsilon", 1e-6, rope="none", max_positions=512),
 }
-"""The model types whose function (rope, norms, scales, routing) whatruns reads; the others are counted
-exactly, but :func:`whatruns.build` gives them the library's defaults for what does not count."""
+"""Per model type, what its function reads besides the counts (rope, norms' eps and form; see :class:`Function`):
+every type of :data:`SUPPORTED`. The rest of the function -- scales, soft-caps, routers' details -- is
+:func:`_model_function`'s, or the reader's where it differs layer by layer (Llama 4, Step 3.5)."""
 
 
 def rope_from(params: dict, head_dim: int, max_positions: int, interleaved: bool = False,
@@ -1500,7 +1575,9 @@ def rope_from(params: dict, head_dim: int, max_positions: int, interleaved: bool
                     mscale_all_dim=number("mscale_all_dim", 0.0),
                     attention_factor=None if params.get("attention_factor") is None else number("attention_factor", 1.0),
                     truncate=params.get("truncate", True) is not False,
-                    short_factor=tuple(params.get("short_factor") or ()), long_factor=tuple(params.get("long_factor") or ()))
+                    short_factor=tuple(params.get("short_factor") or ()), long_factor=tuple(params.get("long_factor") or ()),
+                    short_mscale=None if params.get("short_mscale") is None else number("short_mscale", 1.0),
+                    long_mscale=None if params.get("long_mscale") is None else number("long_mscale", 1.0))
     except SpecError as e:
         raise c.error(str(e)) from None
 
@@ -1524,6 +1601,8 @@ def _rope_parameters(c: _Config, f: Function) -> Dict[Optional[str], dict]:
             d.setdefault("partial_rotary_factor", top_partial)
         elif f.partial is not None:
             d.setdefault("partial_rotary_factor", f.partial)
+        if f.default_partial is not None and d.get("rope_type", d.get("type", "default")) == "default":
+            d.setdefault("partial_rotary_factor", f.default_partial)
         if d.get("rope_type", d.get("type", "default")) in ("llama3", "yarn", "longrope"):
             top_original = c.raw("original_max_position_embeddings", None)
             if top_original is not None and "original_max_position_embeddings" not in d:
@@ -1531,6 +1610,8 @@ def _rope_parameters(c: _Config, f: Function) -> Dict[Optional[str], dict]:
             d.setdefault("original_max_position_embeddings", c.raw("max_position_embeddings", f.max_positions))
         return d
 
+    if f.rope == "step":
+        return _step_rope_parameters(c, params, nested)
     if f.rope == "per_type":
         if nested:
             return {k: complete(v or {}, f.theta) for k, v in nested.items()}
@@ -1542,6 +1623,31 @@ def _rope_parameters(c: _Config, f: Function) -> Dict[Optional[str], dict]:
     return {None: complete(params, top_theta if top_theta is not None else f.theta)}
 
 
+def _step_rope_parameters(c: _Config, params: dict, nested: dict) -> Dict[Optional[str], dict]:
+    """Step 3.5's rope per layer type, as its config class builds it: ``rope_parameters`` already per type (a
+    file transformers saved), else from ``rope_theta`` (one number, or one per layer) and
+    ``partial_rotary_factors`` (one per layer), each type's taken from its first layer, ``rope_scaling`` on
+    the full-attention layers."""
+    L = c.size("num_hidden_layers")
+    types = _trimmed(c, "layer_types", L) or ["full_attention"] * L
+    if nested and all(isinstance(nested.get(t), dict) for t in set(types)):
+        return {t: dict(nested[t]) for t in set(types)}
+    theta = c.raw("rope_theta", 10000.0)
+    thetas = _trimmed(c, "rope_theta", L) if isinstance(theta, list) else [theta] * L
+    partials = _trimmed(c, "partial_rotary_factors", L)
+    scaling = c.raw("rope_scaling", None)
+    out = {}
+    for t in set(types):
+        i = types.index(t)
+        d = {"rope_type": "default", "rope_theta": thetas[i]}
+        if partials:
+            d["partial_rotary_factor"] = partials[i]
+        if isinstance(scaling, dict) and t == "full_attention":
+            d.update(scaling)
+        out[t] = d
+    return out
+
+
 def _with_function(spec: Transformer, d: dict, model_type: str) -> Transformer:
     """The spec with what its config says of the function (rope, norm eps and form, scales, soft-caps,
     routing), for the model types of :data:`FUNCTIONS`; others unchanged."""
@@ -1549,12 +1655,12 @@ def _with_function(spec: Transformer, d: dict, model_type: str) -> Transformer:
     if f is None:
         return spec
     c = _Config(d, f"{model_type} config")
-    eps = c.raw(f.eps_key, f.eps)
+    eps = c.raw(f.eps_key, f.eps) if f.eps_key else f.eps  # no key: a fixed eps (DBRX's LayerNorm default)
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
         raise c.error(f"{f.eps_key} must be a positive number, got {_short_repr(eps)}")
     norm = replace(spec.norm, eps=float(eps), offset=f.offset)
     ropes = _rope_parameters(c, f) if f.rope != "none" else {}
-    max_positions = c.raw("max_position_embeddings", f.max_positions)
+    max_positions = c.raw(f.max_key, f.max_positions)
     if isinstance(max_positions, bool) or not isinstance(max_positions, int):
         max_positions = f.max_positions
     extra = _model_function(c, model_type, spec)
@@ -1565,6 +1671,8 @@ def _with_function(spec: Transformer, d: dict, model_type: str) -> Transformer:
         else:
             key = None if None in ropes else ("sliding_attention" if a.window else "full_attention")
             params = ropes.get(key)
+            if params is not None and not f.mscales:
+                params = {k: v for k, v in params.items() if k not in ("short_mscale", "long_mscale")}
             rope = None if params is None else rope_from(params, a.rope_head_dim if a.mla else a.head_dim,
                                                          max_positions, f.interleaved, f"{model_type} config: rope")
         return replace(a, rope=rope, **extra.get("attention", {}))
@@ -1632,6 +1740,45 @@ def _model_function(c: _Config, model_type: str, spec: Transformer) -> dict:
     if model_type == "olmoe":
         clip = _float(c, "clip_qkv", None)
         out["attention"] = dict(clip_qkv=clip or 0.0)
+    if model_type == "dbrx":  # q, k and v clamped (the fused projection's output)
+        attn = c.raw("attn_config", None)
+        clip = _float(_Config(attn, "dbrx config: attn_config"), "clip_qkv", None) if isinstance(attn, dict) else None
+        out["attention"] = dict(clip_qkv=clip or 0.0)
+    if model_type in ("t5", "switch_transformers"):
+        # no 1/sqrt(d) in the scores; the decoder's output times D^-1/2 before the tied head (T5: unless the file
+        # says tie_word_embeddings false, which transformers reads as scale_decoder_outputs false)
+        out["attention"] = dict(scale=1.0)
+        scaled = True
+        if model_type == "t5":
+            scaled = c.flag("scale_decoder_outputs", c.raw("tie_word_embeddings", None) is not False)
+        out["model"] = dict(logit_scale=D ** -0.5 if scaled else 1.0,
+                            relative_max_distance=c.size("relative_attention_max_distance", 128))
+        if model_type == "switch_transformers":  # per sequence, an expert takes its first expert_capacity tokens
+            out["moe"] = dict(expert_capacity=c.size("expert_capacity", 64))
+    if model_type == "bert":  # each sublayer's LayerNorm after its residual add
+        out["model"] = dict(post_norm=True)
+    if model_type == "mimo_v2_flash":
+        scale = _float(c, "attention_value_scale", 0.707)
+        out["attention"] = dict(value_scale=1.0 if scale is None else scale)
+        out["moe"] = dict(routed_scale=_float(c, "routed_scaling_factor", 1.0) or 1.0, groups=c.size("n_group", 1),
+                          group_top_k=c.size("topk_group", 1), renormalize=c.flag("norm_topk_prob", True))
+    if model_type == "step3p5":  # the softmax scale query_pre_attn_scalar^-1/2 (default: head_dim's)
+        q = c.raw("query_pre_attn_scalar", None)
+        q = c.size("head_dim", 128) if q is None else q
+        if isinstance(q, bool) or not isinstance(q, (int, float)) or not q > 0:
+            raise c.error(f"query_pre_attn_scalar must be a positive number, got {_short_repr(q)}")
+        out["attention"] = dict(scale=float(q) ** -0.5)
+        out["moe"] = dict(routed_scale=_float(c, "moe_router_scaling_factor", 1.0))
+    if model_type == "nemotron_h":
+        out["moe"] = dict(routed_scale=_float(c, "routed_scaling_factor", 1.0), groups=c.size("n_group", 1),
+                          group_top_k=c.size("topk_group", 1), renormalize=c.flag("norm_topk_prob", True))
+    if model_type == "gemma4_text":  # scores unscaled (q and k are normed), values normed, the embedding times
+        # sqrt(D), each layer's output times its learned scalar, the logits soft-capped
+        out["attention"] = dict(scale=1.0, v_norm=True)
+        out["model"] = dict(embed_scale=D ** 0.5, logit_softcap=_float(c, "final_logit_softcapping", None) or 0.0,
+                            layer_scalar=True)
+    if model_type == "phimoe":  # sparsemixer's threshold is the router's jitter (used at inference too)
+        out["moe"] = dict(router_eps=_float(c, "router_jitter_noise", 0.01))
     return out
 
 
@@ -1647,6 +1794,7 @@ class Wrapper:
     tie_default: bool = False
     text_defaults: Tuple[Tuple[str, object], ...] = ()  # sizes its text config class fills in when absent
     force_text_type: bool = False  # the wrapper builds its own text class whatever text_config's model_type says
+    text_overrides: Tuple[Tuple[str, object], ...] = ()  # what the wrapper's class does whatever text_config says
 
 
 WRAPPERS: Dict[str, Wrapper] = {
@@ -1658,9 +1806,10 @@ WRAPPERS: Dict[str, Wrapper] = {
     # Gemma3TextConfig's defaults: the published Gemma 3 4B/12B/27B files give only what differs from them
     "gemma4": Wrapper("gemma4_text", tie_from_wrapper=True, tie_default=True),
     "step3p7": Wrapper("step3p5", tie_from_wrapper=True, force_text_type=True),
+    # (Gemma3ForConditionalGeneration applies no final soft-cap, whatever its text config says)
     "gemma3": Wrapper("gemma3_text", tie_from_wrapper=True, tie_default=True, text_defaults=(
         ("vocab_size", 262208), ("hidden_size", 2304), ("intermediate_size", 9216), ("num_hidden_layers", 26),
-        ("num_attention_heads", 8))),
+        ("num_attention_heads", 8)), text_overrides=(("final_logit_softcapping", None),)),
 }
 """Wrapper (multimodal) model types whatruns knows. A wrapper not listed is read too when its ``text_config``
 names a text model type whatruns reads (LLaVA-style), its tie flag taken from the text config."""

@@ -85,8 +85,12 @@ def make_norm(norm: Norm, width: int) -> nn.Module:
     return nn.RMSNorm(width, eps=1e-6 if norm.eps is None else norm.eps)
 
 
-def activate(name: str, gate: torch.Tensor, up: torch.Tensor = None) -> torch.Tensor:
-    """The FFN's nonlinearity: ``act(gate) * up`` for a gated FFN, ``act(gate)`` for a plain one."""
+def activate(name: str, gate: torch.Tensor, up: torch.Tensor = None, clamp: float = 0.0) -> torch.Tensor:
+    """The FFN's nonlinearity: ``act(gate) * up`` for a gated FFN, ``act(gate)`` for a plain one; with ``clamp``
+    c, act(gate) clamped to at most c and up to [-c, c] (Step 3.5's SwiGLU limits)."""
+    if clamp:
+        h = activate(name, gate).clamp(max=clamp)
+        return h if up is None else h * up.clamp(-clamp, clamp)
     if name == "swiglu_oai":  # gpt-oss: clamped, x * sigmoid(1.702 x), and (up + 1)
         gate = gate.clamp(max=7.0)
         h = gate * torch.sigmoid(1.702 * gate)
@@ -101,13 +105,14 @@ class FeedForward(nn.Module):
 
     def __init__(self, D: int, f: FFN):
         super().__init__()
-        self.act = f.activation
+        self.act, self.clamp = f.activation, f.clamp
         self.gate = nn.Linear(D, f.width, bias=f.bias) if f.gated else None
         self.up = nn.Linear(D, f.width, bias=f.bias)
         self.down = nn.Linear(f.width, D, bias=f.bias)
 
     def forward(self, x):
-        h = activate(self.act, self.gate(x), self.up(x)) if self.gate is not None else activate(self.act, self.up(x))
+        h = activate(self.act, self.gate(x), self.up(x), self.clamp) if self.gate is not None \
+            else activate(self.act, self.up(x), clamp=self.clamp)
         return self.down(h)
 
 
@@ -154,6 +159,10 @@ def rope_frequencies(rope: Rope, dim: int, head_dim: int, seq_len: int = 0):
         attention = rope.attention_factor
         if attention is None:
             attention = 1.0 if f <= 1.0 else math.sqrt(1 + math.log(f) / math.log(old))
+        if rope.short_mscale is not None:  # PhiMoE: the short factors whatever the length, a scale by length
+            attention = rope.long_mscale if seq_len > old and rope.long_mscale is not None else rope.short_mscale
+            ext = torch.tensor(rope.short_factor, dtype=torch.float32)
+            return 1.0 / (ext * base ** (j / dim)), attention
         ext = torch.tensor(rope.long_factor if seq_len > old else rope.short_factor, dtype=torch.float32)
         return 1.0 / (ext * base ** (j / dim)), attention
     # yarn
@@ -218,20 +227,24 @@ class Rotary(nn.Module):
         return torch.cat([r * cos + rotated * sin, rest], dim=-1)
 
 
-def relative_buckets(T: int, S: int, buckets: int, bidirectional: bool, max_distance: int = 128):
-    """T5's bucket of each (query, key) offset: exact for small offsets, logarithmic beyond."""
-    rel = torch.arange(S)[None, :] - torch.arange(T)[:, None]
+def relative_buckets(T: int, S: int, buckets: int, bidirectional: bool, max_distance: int = 128, offsets=None):
+    """T5's bucket of each (query, key) offset, as transformers' ``_relative_position_bucket`` computes it:
+    the sign (bidirectional: half the buckets each), then exact for offsets below half of those buckets,
+    logarithmic up to ``max_distance``, the last bucket beyond. ``offsets``: key minus query position, given
+    (default: those of T queries and S keys from position 0). (Degenerate sizes transformers cannot compute --
+    fewer than two buckets a side, ``max_distance`` not above the exact range -- get the nearest sane buckets.)"""
+    rel = torch.arange(S)[None, :] - torch.arange(T)[:, None] if offsets is None else offsets
     n, out = buckets, torch.zeros_like(rel)
     if bidirectional:
-        n = max(buckets // 2, 1)
+        n = buckets // 2
         out = (rel > 0).long() * n
         rel = rel.abs()
     else:
-        rel = (-rel).clamp(min=0)
+        rel = -torch.min(rel, torch.zeros_like(rel))
     exact = max(n // 2, 1)
-    far = exact + (torch.log(rel.float().clamp(min=1) / exact) / math.log(max(max_distance / exact, 2))
-                   * (n - exact)).long()
-    return (out + torch.where(rel < exact, rel, far.clamp(max=n - 1))).clamp(0, buckets - 1)
+    ratio = max_distance / exact if max_distance > exact else 2.0
+    far = exact + (torch.log(rel.float().clamp(min=1) / exact) / math.log(ratio) * (max(n, 2) - exact)).long()
+    return (out + torch.where(rel < exact, rel, far.clamp(max=max(n, 2) - 1))).clamp(0, buckets - 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -273,8 +286,10 @@ class SelfAttention(nn.Module):
         self.q_head_norm = make_norm(head_norm, norm_q) if norm_q else None
         self.k_head_norm = make_norm(head_norm, norm_k) if norm_k else None
         self.sinks = nn.Parameter(torch.zeros(H)) if a.sinks else None
-        self.indexer = Indexer(D, a) if a.indexer is not None and not a.indexer.shared else None
+        self.eps = 1e-6 if norm.eps is None else norm.eps  # the L2 QK-norm's and the value norm's
+        self.v_norm = RMSNorm(dv, self.eps, weight=False) if a.v_norm and not a.kv_shared else None
         self.rotary = Rotary(a.rope, a.rope_head_dim if a.mla else dh) if rotary and a.rope is not None else None
+        self.indexer = Indexer(D, a, self.rotary) if a.indexer is not None and not a.indexer.shared else None
 
     def heads(self, x, n, d):  # (B, T, n*d) -> (B, n, T, d)
         return x.view(x.shape[0], x.shape[1], n, d).transpose(1, 2)
@@ -334,13 +349,18 @@ class SelfAttention(nn.Module):
         if rotary is not None and not a.mla and not a.kv_shared:
             q, k = rotary(q, positions, T), rotary(k, positions, T)
         if a.qk_l2norm:  # Llama 4: unit-length queries and keys, no weight
-            q, k = _l2norm(q), _l2norm(k)
-        if a.value_scale != 1.0:
+            q = _l2norm(q, self.eps)
+            k = k if a.kv_shared else _l2norm(k, self.eps)
+        if a.temperature:
+            q = _temperature(q, a, positions)
+        if self.v_norm is not None:
+            v = self.v_norm(v)
+        if a.value_scale != 1.0 and not a.kv_shared:
             v = v * a.value_scale
         if state is not None and not a.kv_shared and not a.mla and source is x:
             state.setdefault("kv", {})[a.kv_kind] = (k, v)  # for the layers that share them
         if self.indexer is not None:
-            mask = self.indexer(x, q_latent, mask, causal)
+            mask = self.indexer(x, q_latent, mask, causal, positions=positions)
             if state is not None:
                 state["sparse_mask"] = mask  # for the shared layers that follow
         elif a.indexer is not None:  # a shared layer: the keys the last indexer picked
@@ -396,6 +416,8 @@ def _cached_attention(self, x, positions, cache, state):
                 q = self.q_head_norm(q)
             if rotary is not None:
                 q = rotary(q, qpos, int(qpos[-1]) + 1)
+            if a.qk_l2norm:
+                q = _l2norm(q, self.eps)
             new = None
         else:
             k = self.k(x)
@@ -408,10 +430,14 @@ def _cached_attention(self, x, positions, cache, state):
             if rotary is not None:
                 q, k = rotary(q, qpos, int(qpos[-1]) + 1), rotary(k, qpos, int(qpos[-1]) + 1)
             if a.qk_l2norm:
-                q, k = _l2norm(q), _l2norm(k)
+                q, k = _l2norm(q, self.eps), _l2norm(k, self.eps)
+            if self.v_norm is not None:
+                v = self.v_norm(v)
             if a.value_scale != 1.0:
                 v = v * a.value_scale
             new = {"k": k, "v": v}
+        if a.temperature:
+            q = _temperature(q, a, qpos)
     if new is None:  # keys and values of the last layer of this kind, as it left them this step
         keys = state["kv_cache"][a.kv_kind]
     else:
@@ -464,7 +490,15 @@ SelfAttention._step = _cached_attention
 
 
 def _l2norm(x, eps: float = 1e-6):
-    return x * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + eps).to(x.dtype)
+    return (x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+def _temperature(q, a: Attention, positions):
+    """Llama 4's attention-temperature tuning: the query at position p times 1 + t * log(1 + floor((p + 1) / f)),
+    queries (B, H, T, d), positions (T,) or (B, T) -- elementwise, 0 FLOPs."""
+    scale = torch.log1p(torch.floor((positions.float() + 1.0) / a.temperature_floor)) * a.temperature + 1.0
+    scale = scale[..., None] if scale.dim() == 1 else scale[:, None, :, None]
+    return (q * scale.to(q.dtype)).to(q.dtype)
 
 
 def attend(q, k, v, mask=None, causal=False, scale=None, softcap=0.0, sinks=None):
@@ -493,11 +527,12 @@ def attend(q, k, v, mask=None, causal=False, scale=None, softcap=0.0, sinks=None
 
 class Indexer(nn.Module):
     """DeepSeek Sparse Attention's lightning indexer: per query, a score for every key -- the sum over
-    Hi heads of w_h * relu(q_h . k), q_h from the MLA query latent, one LayerNorm-ed key of di per
-    position, w_h from the input -- and the mask that keeps each query's ``top_k`` best (visible) keys.
-    FLOPs: its projections, and 2*Hi*(di + 1) per (query, key) pair (two matmuls)."""
+    Hi heads of w_h * relu(q_h . k / sqrt(di)), q_h from the MLA query latent, one LayerNorm-ed key of di per
+    position, w_h from the input, the first rope_head_dim features of q_h and k rotated by the attention's
+    rope (two halves, or pairs with the spec's ``interleaved``) -- and the mask that keeps each query's
+    ``top_k`` best (visible) keys. FLOPs: its projections, and 2*Hi*(di + 1) per (query, key) pair (two matmuls)."""
 
-    def __init__(self, D: int, a: Attention):
+    def __init__(self, D: int, a: Attention, rotary: "Rotary" = None):
         super().__init__()
         i = a.indexer
         self.i = i
@@ -505,22 +540,39 @@ class Indexer(nn.Module):
         self.wk = nn.Linear(D, i.head_dim, bias=False)
         self.k_norm = nn.LayerNorm(i.head_dim, eps=1e-6)
         self.weights_proj = nn.Linear(D, i.heads, bias=False)
+        self.rotary = None
+        if rotary is not None:  # the attention's frequencies, over the first rope_head_dim features
+            self.rotary = Rotary(rotary.rope.with_(dim=rotary.dim, interleaved=i.interleaved), i.head_dim)
 
-    def forward(self, x, q_latent, mask, causal, cache=None, positions=None):
+    def scores(self, x, q_latent, positions=None, cache=None):
+        """Every query's score for every key (B, T, S) (S: the cached keys too), before any mask."""
         B, T, _ = x.shape
         i = self.i
         q = self.wq_b(q_latent).view(B, T, i.heads, i.head_dim)
         k = self.k_norm(self.wk(x))  # (B, T, di)
+        if self.rotary is not None:
+            if positions is None:
+                positions = torch.arange(T)
+            q = self.rotary(q.transpose(1, 2), positions).transpose(1, 2)
+            k = self.rotary(k.unsqueeze(1), positions)[:, 0]
         if cache is not None:  # decoding: the keys of every earlier position are cached
             k = torch.cat([cache["index_k"], k], dim=1) if "index_k" in cache else k
             cache["index_k"] = k
         S = k.shape[1]
         scores = torch.matmul(q.reshape(B, T * i.heads, i.head_dim), k.transpose(1, 2))  # (B, T*Hi, S)
+        scores = F.relu(scores * i.head_dim ** -0.5)
         w = self.weights_proj(x) * i.heads ** -0.5  # (B, T, Hi)
-        scores = torch.matmul(w.unsqueeze(2), F.relu(scores).view(B, T, i.heads, S)).squeeze(2)  # (B, T, S)
+        return torch.matmul(w.unsqueeze(2), scores.view(B, T, i.heads, S)).squeeze(2)  # (B, T, S)
+
+    def forward(self, x, q_latent, mask, causal, cache=None, positions=None):
+        B, T, _ = x.shape
+        i = self.i
+        scores = self.scores(x, q_latent, positions, cache)
+        S = scores.shape[-1]
         base = mask if mask is not None else (_causal_mask(T, x.dtype) if causal else None)
-        if base is not None:
-            scores = scores + (base if base.dim() == 2 else base.amax(dim=0))
+        if base is not None:  # (T, S); per packed row (B, 1, T, S); per head (H, T, S): what any head sees
+            base = base if base.dim() == 2 else base[:, 0] if base.dim() == 4 else base.amax(dim=0)
+            scores = scores + base
         keep = scores.topk(min(i.top_k, S), dim=-1).indices
         sparse = torch.full((B, T, S), float("-inf"), dtype=x.dtype).scatter(-1, keep, 0.0)
         if base is not None:
@@ -533,13 +585,21 @@ def _causal_mask(T: int, dtype) -> torch.Tensor:
     return torch.zeros(T, T, dtype=dtype).masked_fill(key > q, float("-inf"))
 
 
-def causal_conv(x: torch.Tensor, conv: nn.Conv1d, cache: dict = None) -> torch.Tensor:
+def causal_conv(x: torch.Tensor, conv: nn.Conv1d, cache: dict = None, resets: torch.Tensor = None) -> torch.Tensor:
     """A depthwise causal convolution over time: ``x`` (B, T, C) -> (B, T, C), each position mixing itself
     and the ``kernel - 1`` before it. Padded on the left only, so the counter sees 2 FLOPs per tap, channel
     and position -- T positions, no more. With a decoding ``cache``, the padding is the last ``kernel - 1``
-    inputs of earlier steps (``cache["conv"]``, updated)."""
+    inputs of earlier steps (``cache["conv"]``, updated). With ``resets`` (B, T; True where a packed sequence
+    starts) each sequence is convolved alone, padded on its own left: the same FLOPs."""
     k = conv.kernel_size[0]
     h = x.transpose(1, 2)
+    if cache is None and resets is not None and bool(resets[:, 1:].any()):
+        out = torch.empty_like(h)
+        for b in range(h.shape[0]):
+            starts = [0, *(int(t) for t in resets[b, 1:].nonzero()[:, 0] + 1), h.shape[-1]]
+            for s0, s1 in zip(starts, starts[1:]):
+                out[b:b + 1, :, s0:s1] = conv(F.pad(h[b:b + 1, :, s0:s1], (k - 1, 0)))
+        return out.transpose(1, 2)
     if cache is None:
         return conv(F.pad(h, (k - 1, 0))).transpose(1, 2)
     past = cache.get("conv", h.new_zeros(h.shape[0], h.shape[1], k - 1))
@@ -552,9 +612,11 @@ class GatedDeltaNet(nn.Module):
     """A gated DeltaNet layer (:class:`~whatruns.spec.LinearAttention`), in recurrent form: token by
     token, each value head reads its dk x dv state S at the key (S^T k), writes the correction
     beta * (v - S^T k) along k, decays S by exp(g), and answers the query (S^T q). Each of the three
-    is a matmul: 6*dk*dv FLOPs per head and token, whatever the position (chapter "What serving costs")."""
+    is a matmul: 6*dk*dv FLOPs per head and token, whatever the position (chapter "What serving costs").
+    Queries and keys are L2-normalised as the FLA kernels do (x / sqrt(sum x^2 + 1e-6)), the queries then
+    scaled by dk^-1/2; the output is RMS-normalised per value head (the model's eps), times silu(z)."""
 
-    def __init__(self, D: int, m: LinearAttention):
+    def __init__(self, D: int, m: LinearAttention, eps: float = 1e-6):
         super().__init__()
         self.m = m
         H, Hk, dk, dv = m.heads, m.key_heads, m.key_dim, m.value_dim
@@ -564,7 +626,7 @@ class GatedDeltaNet(nn.Module):
         self.conv1d = nn.Conv1d(C, C, m.conv, groups=C, bias=False)
         self.dt_bias = nn.Parameter(torch.ones(H))
         self.A_log = nn.Parameter(torch.zeros(H))
-        self.norm = nn.RMSNorm(dv, eps=1e-6)
+        self.norm = nn.RMSNorm(dv, eps=eps)
         self.out_proj = nn.Linear(H * dv, D, bias=False)
 
     def forward(self, x, state=None, resets=None, cache=None):
@@ -573,13 +635,13 @@ class GatedDeltaNet(nn.Module):
         H, Hk, dk, dv = m.heads, m.key_heads, m.key_dim, m.value_dim
         q, k, v, z = self.in_proj_qkvz(x).split([Hk * dk, Hk * dk, H * dv, H * dv], dim=-1)
         b, a = self.in_proj_ba(x).split([H, H], dim=-1)
-        q, k, v = F.silu(causal_conv(torch.cat([q, k, v], dim=-1), self.conv1d, cache)).split(
+        q, k, v = activate(m.activation, causal_conv(torch.cat([q, k, v], dim=-1), self.conv1d, cache, resets)).split(
             [Hk * dk, Hk * dk, H * dv], dim=-1)
         if cache is not None and "state" in cache:
             state = cache["state"]
         rep = H // Hk
-        q = F.normalize(q.view(B, T, Hk, dk), dim=-1).repeat_interleave(rep, dim=2) * dk ** -0.5
-        k = F.normalize(k.view(B, T, Hk, dk), dim=-1).repeat_interleave(rep, dim=2)
+        q = _unit(q.view(B, T, Hk, dk)).repeat_interleave(rep, dim=2) * dk ** -0.5
+        k = _unit(k.view(B, T, Hk, dk)).repeat_interleave(rep, dim=2)
         v = v.view(B, T, H, dv)
         beta = torch.sigmoid(b)  # (B, T, H)
         g = -self.A_log.float().exp() * F.softplus(a.float() + self.dt_bias)  # log decay per head and token
@@ -601,14 +663,21 @@ class GatedDeltaNet(nn.Module):
         return self.out_proj(y.reshape(B, T, H * dv))
 
 
+def _unit(x, eps: float = 1e-6):
+    """x / sqrt(sum(x^2) + eps) over the last dim (the FLA library's l2norm, which transformers follows)."""
+    return x * torch.rsqrt((x * x).sum(dim=-1, keepdim=True) + eps)
+
+
 class Mamba2Mixer(nn.Module):
     """A Mamba-2 mixer (:class:`~whatruns.spec.Mamba2`), in recurrent form: token by token, each head's
     head_dim x N state decays by exp(dt * A) and adds dt * x outer B, and the output reads it with C,
-    plus the skip D * x. Two matmuls per head and token: 4*I*N FLOPs, flat in T."""
+    plus the skip D * x. Two matmuls per head and token: 4*I*N FLOPs, flat in T. The step sizes are
+    softplus(dt + dt_bias), clamped to at least the spec's ``dt_min``; the output is gated by silu(z), then
+    RMS-normalised per group (the model's eps)."""
 
-    def __init__(self, D: int, m: Mamba2):
+    def __init__(self, D: int, m: Mamba2, eps: float = 1e-6):
         super().__init__()
-        self.m = m
+        self.m, self.eps = m, eps
         I, G, N, H = m.inner, m.groups, m.state, m.heads
         self.in_proj = nn.Linear(D, 2 * I + 2 * G * N + H, bias=m.bias)
         C = m.conv_channels
@@ -624,7 +693,8 @@ class Mamba2Mixer(nn.Module):
         B, T, _ = x.shape
         I, G, N, H, P = m.inner, m.groups, m.state, m.heads, m.head_dim
         z, xbc, dt = self.in_proj(x).split([I, I + 2 * G * N, H], dim=-1)
-        xs, Bm, Cm = F.silu(causal_conv(xbc, self.conv1d, cache)).split([I, G * N, G * N], dim=-1)
+        xs, Bm, Cm = activate(m.activation, causal_conv(xbc, self.conv1d, cache, resets)).split(
+            [I, G * N, G * N], dim=-1)
         if cache is not None and "state" in cache:
             state = cache["state"]
         xs = xs.view(B, T, H, P)
@@ -632,6 +702,8 @@ class Mamba2Mixer(nn.Module):
         Bm = Bm.view(B, T, G, N).repeat_interleave(rep, dim=2)  # (B, T, H, N)
         Cm = Cm.view(B, T, G, N).repeat_interleave(rep, dim=2)
         dt = F.softplus(dt + self.dt_bias)  # (B, T, H)
+        if m.dt_min:
+            dt = dt.clamp(min=m.dt_min)
         A = -self.A_log.float().exp()
         h = x.new_zeros(B, H, P, N) if state is None else state
         out = []
@@ -645,7 +717,7 @@ class Mamba2Mixer(nn.Module):
             cache["state"] = h
         y = torch.stack(out, dim=1).reshape(B, T, I) * F.silu(z)
         y = y.view(B, T, G, I // G)
-        y = (y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + 1e-6)).reshape(B, T, I) * self.norm_weight
+        y = (y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + self.eps)).reshape(B, T, I) * self.norm_weight
         return self.out_proj(y)
 
 
@@ -658,7 +730,7 @@ class Experts(nn.Module):
 
     def __init__(self, E: int, D: int, f: FFN):
         super().__init__()
-        self.act, F_ = f.activation, f.width
+        self.act, self.clamp, F_ = f.activation, f.clamp, f.width
 
         def weight(n_in, n_out):
             # drawn in (E, in, out) order, the layout the book's recorded runs were made with, so
@@ -680,8 +752,8 @@ class Experts(nn.Module):
             return h if b is None else h + pick(b)
 
         up = linear(x, self.up, self.up_bias)
-        h = activate(self.act, linear(x, self.gate, self.gate_bias), up) if self.gate is not None \
-            else activate(self.act, up)
+        h = activate(self.act, linear(x, self.gate, self.gate_bias), up, self.clamp) if self.gate is not None \
+            else activate(self.act, up, clamp=self.clamp)
         return linear(h, self.down, self.down_bias)
 
     def one(self, e: int, x):
@@ -724,9 +796,9 @@ class MoELayer(nn.Module):
     ``load`` holds the choices per expert and ``dropped`` how many were dropped.
     """
 
-    def __init__(self, D: int, m: MoE, strategy: str, capacity_factor: float = None):
+    def __init__(self, D: int, m: MoE, strategy: str, capacity_factor: float = None, eps: float = 1e-6):
         super().__init__()
-        self.m, self.strategy = m, strategy
+        self.m, self.strategy, self.eps = m, strategy, eps
         self.capacity_factor = capacity_factor if capacity_factor is not None else m.capacity_factor
         self.router = nn.Linear(D, m.experts, bias=m.router_bias)
         if m.router_scale:  # Gemma 4: the router reads a scaled, normalised input; each expert has a scale
@@ -754,12 +826,13 @@ class MoELayer(nn.Module):
         probability ``p`` (N, E) for the balance loss."""
         m = self.m
         if m.router_scale:
-            xr = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * self.router_input_scale * x.shape[-1] ** -0.5
+            xr = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.router_input_scale \
+                * x.shape[-1] ** -0.5
             logits = self.router(xr)
         else:
             logits = self.router(x)
         if m.router == "sparsemixer":
-            return _sparsemixer(logits)
+            return _sparsemixer(logits, m.router_eps)
         sigmoid = m.router in ("sigmoid_topk", "topk_sigmoid")
         scores = torch.sigmoid(logits) if sigmoid else logits.softmax(dim=-1)
         choose = scores if self.score_bias is None else scores + self.score_bias  # selection only
@@ -779,13 +852,17 @@ class MoELayer(nn.Module):
         p = scores / scores.sum(dim=-1, keepdim=True) if sigmoid else scores
         return idx, w, p
 
-    def forward(self, x):
+    def forward(self, x, segments=None, route_from=None, shared: bool = True):
+        """The layer on ``x`` (..., D). ``segments``: which sequence each token belongs to (the shape of x
+        without D; default: each row of a (B, T, D) input is one), for an ``expert_capacity`` counted per
+        sequence. ``route_from``: what the router reads, if not x (Gemma 4: the layer's input, the experts
+        reading its norm). ``shared=False``: the routed experts' sum alone, without the shared expert."""
         if x.is_meta:
             return self._on_meta(x)
         shape = x.shape
         x = x.reshape(-1, shape[-1])
         N, E, k = x.shape[0], self.m.experts, self.m.top_k
-        idx, w, p = self.route(x)
+        idx, w, p = self.route(x if route_from is None else route_from.reshape(-1, shape[-1]))
         load = torch.bincount(idx.reshape(-1), minlength=E)
         self.load = load
         self.aux_loss = E * ((load.to(p.dtype) / (N * k)) * p.mean(dim=0)).sum()
@@ -793,12 +870,19 @@ class MoELayer(nn.Module):
         expert, token, weight = idx.t().reshape(-1), torch.arange(N).repeat(k), w.t().reshape(-1)
         slot = _rank_within(expert, load)  # a choice's place in its expert's queue
         cap = math.ceil(self.capacity_factor * N * k / E) if self.capacity_factor is not None else None
+        keep = torch.ones_like(expert, dtype=torch.bool)
         if cap is not None:
-            keep = slot < cap
-            self.dropped = int((~keep).sum())
+            keep &= slot < cap
+        if self.m.expert_capacity:  # Switch: per sequence, an expert takes its first expert_capacity tokens
+            if segments is None:
+                seq = torch.arange(math.prod(shape[:-2]) if len(shape) > 2 else 1).repeat_interleave(
+                    shape[-2] if len(shape) > 2 else N)
+            else:  # numbered within each row: made distinct across rows
+                seq = (segments + torch.arange(segments.shape[0])[:, None] * (segments.shape[-1] + 1)).reshape(-1)
+            keep &= _rank_by_token(seq[token] * E + expert, token) < self.m.expert_capacity
+        self.dropped = int((~keep).sum())
+        if self.dropped:
             expert, token, weight, slot = expert[keep], token[keep], weight[keep], slot[keep]
-        else:
-            self.dropped = 0
         strategy = self.strategy
         xe = self.latent_in(x) if self.latent_in is not None else x  # what the experts read
         if strategy == "grouped_mm" and not _grouped_mm_works(xe.shape[1], self.m.expert.width, x.dtype):
@@ -806,7 +890,7 @@ class MoELayer(nn.Module):
         y = getattr(self, "_" + strategy)(xe, expert, token, weight, slot, cap)
         if self.latent_out is not None:
             y = self.latent_out(y)
-        if self.shared is not None:
+        if self.shared is not None and shared:
             s = self.shared(x)
             y = y + (torch.sigmoid(self.shared_gate(x)) * s if self.shared_gate is not None else s)
         return y.view(shape)
@@ -977,6 +1061,16 @@ def _deal_out(work, experts: list, rows: list):
         raise errors[0]
 
 
+def _rank_by_token(group, token):
+    """For each choice, how many choices of the same ``group`` come from earlier tokens."""
+    order = torch.argsort(group * (int(token.max()) + 1 if len(token) else 1) + token, stable=True)
+    counts = torch.bincount(group)
+    start = counts.cumsum(0) - counts
+    rank = torch.empty_like(group)
+    rank[order] = torch.arange(len(group)) - start[group[order]]
+    return rank
+
+
 def _rank_within(expert, load):
     """For each choice, how many earlier choices went to the same expert."""
     order = expert.argsort(stable=True)
@@ -1001,16 +1095,26 @@ def _grouped_mm_works(D: int, F_: int, dtype=torch.float32) -> bool:
 class Layer(nn.Module):
     """One layer built from a :class:`~whatruns.spec.Block`, pre-norm: its mixer (``attn`` for attention,
     ``mixer`` for linear attention and Mamba-2), cross-attention (a decoder of an encoder-decoder), then
-    its FFN or MoE (``ffn``); with ``post_norms`` each sublayer's output is normalised too (Gemma)."""
+    its FFN or MoE (``ffn``); with ``post_norms`` each sublayer's output is normalised too (Gemma).
+
+    Gemma 4's MoE layers (a MoE with ``router_scale``, whose ``shared`` FFN is the layer's dense FFN) run
+    the two side by side: the dense FFN on the pre-FFN norm, normalised after (``extra_norms[0]``); the
+    router on the layer's input itself, the experts on a second pre-norm (``extra_norms[2]``), normalised
+    after (``extra_norms[1]``); their sum through the post-FFN norm into the residual. With the model's
+    ``layer_scalar``, the layer's output is times a learned scalar (a buffer)."""
 
     def __init__(self, s: Transformer, b: Block, rotary: bool, strategy: str, capacity_factor):
         super().__init__()
         D, P = s.width, s.per_layer_input
+        eps = 1e-6 if s.norm.eps is None else s.norm.eps
         self.block = b
+        ffns = [f for f in (b.ffn, getattr(b.ffn, "shared", None)) if isinstance(f, FFN)]
+        self.act = ffns[-1].activation if ffns else "gelu_tanh"
         if P:  # Gemma 4's per-layer input: gate D -> P, times this layer's input, projected back, normed
             self.per_layer_gate = nn.Linear(D, P, bias=False)
             self.per_layer_projection = nn.Linear(P, D, bias=False)
             self.per_layer_norm = make_norm(s.norm, D)
+
         def norm():
             return make_norm(s.norm, D)
 
@@ -1019,21 +1123,27 @@ class Layer(nn.Module):
         if isinstance(b.mixer, Attention):
             self.attn_norm, self.attn = norm(), SelfAttention(D, b.mixer, rotary, s.norm)
         elif isinstance(b.mixer, LinearAttention):
-            self.mixer_norm, self.mixer = norm(), GatedDeltaNet(D, b.mixer)
+            self.mixer_norm, self.mixer = norm(), GatedDeltaNet(D, b.mixer, eps)
         elif isinstance(b.mixer, Mamba2):
-            self.mixer_norm, self.mixer = norm(), Mamba2Mixer(D, b.mixer)
+            self.mixer_norm, self.mixer = norm(), Mamba2Mixer(D, b.mixer, eps)
         if b.cross is not None:
             self.cross_norm, self.cross = norm(), SelfAttention(D, b.cross, rotary, s.norm)
         if isinstance(b.ffn, MoE):
-            self.ffn_norm, self.ffn = norm(), MoELayer(D, b.ffn, strategy, capacity_factor)
+            self.ffn_norm, self.ffn = norm(), MoELayer(D, b.ffn, strategy, capacity_factor, eps)
         elif isinstance(b.ffn, FFN):
             self.ffn_norm, self.ffn = norm(), FeedForward(D, b.ffn)
+        self.parallel = isinstance(b.ffn, MoE) and b.ffn.router_scale and b.extra_norms >= 3 and b.post_norms
         self.post = nn.ModuleList(norm() for _ in range(b.sublayers)) if b.post_norms else None
-        # norms the spec counts beyond those (a layer whose type builds no mixer keeps its norm): held, unused
+        # norms the spec counts beyond those (a layer whose type builds no mixer keeps its norm): held, unused,
+        # but in Gemma 4's MoE layers (see above)
         self.extra_norms = nn.ModuleList(norm() for _ in range(b.extra_norms)) if b.extra_norms else None
+        if s.layer_scalar:
+            self.register_buffer("layer_scalar", torch.ones(1))
+        else:
+            self.layer_scalar = None
 
     def forward(self, x, mask, causal, memory=None, state=None, per_layer=None, positions=None, resets=None,
-                cache=None):
+                cache=None, segments=None, cross_mask=None):
         post = iter(self.post) if self.post is not None else None
 
         def sublayer(x, norm, f):
@@ -1052,12 +1162,25 @@ class Layer(nn.Module):
         elif self.mixer is not None:
             x = sublayer(x, self.mixer_norm, lambda h: self.mixer(h, resets=resets, cache=cache))
         if self.cross is not None:
-            x = sublayer(x, self.cross_norm, lambda h: self.cross(h, source=memory))
-        if self.ffn is not None:
+            x = sublayer(x, self.cross_norm, lambda h: self.cross(h, source=memory, mask=cross_mask))
+        if self.parallel:  # Gemma 4: the dense FFN and the experts side by side
+            post_dense, post_experts, pre_experts = self.extra_norms[:3]
+            h = self.ffn_norm(x)
+            dense = self.ffn.shared(h)
+            if self.ffn.shared_gate is not None:
+                dense = torch.sigmoid(self.ffn.shared_gate(h)) * dense
+            dense = post_dense(dense)
+            experts = post_experts(self.ffn(pre_experts(x), segments=segments, route_from=x, shared=False))
+            x = x + next(post)(dense + experts)
+        elif isinstance(self.ffn, MoELayer):
+            x = sublayer(x, self.ffn_norm, lambda h: self.ffn(h, segments=segments))
+        elif self.ffn is not None:
             x = sublayer(x, self.ffn_norm, self.ffn)
         if per_layer is not None:
-            x = x + self.per_layer_norm(self.per_layer_projection(F.gelu(self.per_layer_gate(x), approximate="tanh")
+            x = x + self.per_layer_norm(self.per_layer_projection(activate(self.act, self.per_layer_gate(x))
                                                                   * per_layer))
+        if self.layer_scalar is not None:
+            x = x * self.layer_scalar
         return x
 
 
@@ -1075,25 +1198,26 @@ class Stack(nn.Module):
         self.relative_bias = nn.Embedding(s.relative_buckets, first.heads) if s.relative_buckets else None
         self.norm = make_norm(s.norm, s.width) if s.final_norm else None
 
-    def masks(self, T, dtype, segments=None):
+    def masks(self, T, dtype, segments=None, positions=None):
         """Per layer: an additive (H or 1, T, T) mask, or None for plain attention (SDPA's is_causal in a
         decoder). One mask per kind of layer (window, chunk), shared by the layers of that kind. With
         ``segments`` (B, T) -- several sequences packed in one row, numbered -- a query sees only its own
-        sequence's keys: (B, 1, T, T) masks."""
+        sequence's keys: (B, 1, T, T) masks; chunks then follow each sequence's ``positions`` (B, T)."""
         bias = None
         if self.relative_bias is not None:
-            buckets = relative_buckets(T, T, self.s.relative_buckets, bidirectional=not self.decoder)
+            buckets = relative_buckets(T, T, self.s.relative_buckets, bidirectional=not self.decoder,
+                                       max_distance=self.s.relative_max_distance)
             bias = self.relative_bias(buckets).permute(2, 0, 1)  # a lookup: 0 FLOPs
         made, masks = {}, []
         for layer in self.blocks:
             a = layer.attn.a if layer.attn is not None else None
             key = (a.window, a.chunk) if a is not None else None
             if key not in made:
-                made[key] = self._mask(T, dtype, bias, *(key or (0, 0)), segments=segments)
+                made[key] = self._mask(T, dtype, bias, *(key or (0, 0)), segments=segments, positions=positions)
             masks.append(made[key])
         return masks
 
-    def _mask(self, T, dtype, bias, window, chunk, segments=None):
+    def _mask(self, T, dtype, bias, window, chunk, segments=None, positions=None):
         if segments is None and not self.decoder and not window and not chunk:
             return bias
         if segments is None and bias is None and not window and not chunk:
@@ -1102,7 +1226,9 @@ class Stack(nn.Module):
         allowed = key <= q if self.decoder else torch.ones(T, T, dtype=torch.bool)
         if window:
             allowed &= (q - key).abs() < window
-        if chunk:
+        if chunk and segments is not None and positions is not None and positions.dim() == 2:
+            allowed = allowed & (positions[:, :, None] // chunk == positions[:, None, :] // chunk)
+        elif chunk:
             allowed &= q // chunk == key // chunk
         if segments is not None:  # (B, T, T): within one packed sequence only
             allowed = allowed & (segments[:, :, None] == segments[:, None, :])
@@ -1115,10 +1241,15 @@ class Stack(nn.Module):
         state = {}  # what one layer leaves for later ones: an indexer's choice of keys, keys and values to share
         resets = None if segments is None else torch.cat(
             [torch.ones_like(segments[:, :1], dtype=torch.bool), segments[:, 1:] != segments[:, :-1]], dim=1)
-        masks = self.masks(x.shape[1], x.dtype, segments) if cache is None else [None] * len(self.blocks)
+        masks = self.masks(x.shape[1], x.dtype, segments, positions) if cache is None else [None] * len(self.blocks)
+        cross_mask = None
+        if memory is not None and segments is not None:  # a packed sequence reads its own encoding only
+            cross_mask = torch.zeros(segments.shape + segments.shape[-1:], dtype=x.dtype).masked_fill(
+                segments[:, :, None] != segments[:, None, :], float("-inf"))[:, None]
         for i, (block, mask) in enumerate(zip(self.blocks, masks)):
             x = block(x, mask, self.decoder, memory, state, per_layer[:, :, i] if per_layer is not None else None,
-                      positions, resets, None if cache is None else cache.layers.setdefault(i, {}))
+                      positions, resets, None if cache is None else cache.layers.setdefault(i, {}), segments,
+                      cross_mask)
         return self.norm(x) if self.norm is not None else x
 
 
@@ -1162,7 +1293,7 @@ class TransformerLM(nn.Module):
         if P:  # Gemma 4's per-layer embeddings: a table of L x P per token, and a projection of the embedding
             self.per_layer_embed = nn.Embedding(s.per_layer_vocab, s.layers * P)
             self.per_layer_model_projection = nn.Linear(s.width, s.layers * P, bias=False)
-            self.per_layer_projection_norm = nn.RMSNorm(P, eps=1e-6)
+            self.per_layer_projection_norm = make_norm(Norm("rmsnorm", eps=s.norm.eps), P)
         for mod in self.modules():
             if isinstance(mod, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(mod.weight, std=0.02)

@@ -212,6 +212,8 @@ class Rope(_Part):
     truncate: bool = True
     short_factor: Tuple[float, ...] = ()
     long_factor: Tuple[float, ...] = ()
+    short_mscale: Optional[float] = None  # PhiMoE's longrope: cos and sin times short_mscale, or long_mscale past
+    long_mscale: Optional[float] = None  # original_positions; its frequencies stay the short ones (as transformers')
 
     def __post_init__(self):
         o = "Rope"
@@ -225,6 +227,8 @@ class Rope(_Part):
         for name in ("beta_fast", "beta_slow", "mscale", "mscale_all_dim"):
             _number(o, name, getattr(self, name), positive=False)
         _number(o, "attention_factor", self.attention_factor, none_ok=True)
+        _number(o, "short_mscale", self.short_mscale, none_ok=True)
+        _number(o, "long_mscale", self.long_mscale, none_ok=True)
         for name in ("original_positions", "max_positions"):
             _positive(o, name, getattr(self, name), zero_ok=True)
         for name in ("short_factor", "long_factor"):
@@ -240,6 +244,8 @@ class Rope(_Part):
 # ---------------------------------------------------------------------------------------------
 # mixers: what moves information between positions
 
+ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu", "relu2", "swiglu_oai")
+
 @dataclass(frozen=True)
 class Indexer(_Part):
     """The lightning indexer of DeepSeek Sparse Attention (DeepSeek-V3.2, GLM-5): a small multi-head
@@ -247,18 +253,23 @@ class Indexer(_Part):
     ``head_dim`` with a LayerNorm, a per-head weight from the input) that picks, for each query, the
     ``top_k`` keys the attention then reads. Needs MLA with a query latent (``q_lora_rank > 0``).
     ``shared``: the layer has no indexer of its own and reads the keys the last indexer picked (GLM-5.2's
-    shared layers): no parameters, no scoring work, the same ``top_k`` keys per query."""
+    shared layers): no parameters, no scoring work, the same ``top_k`` keys per query.
+    The function: the first ``rope_head_dim`` features of the indexer's queries and key are rotated by the
+    attention's rope -- as two halves (DeepSeek-V3.2), or neighbouring pairs when ``interleaved`` (GLM-5) --
+    and the scores scaled by head_dim^-1/2 before the ReLU."""
 
     heads: int
     head_dim: int
     top_k: int
     shared: bool = False
+    interleaved: bool = False  # the function, not the count
 
     def __post_init__(self):
         _positive("Indexer", "index_heads", self.heads)
         _positive("Indexer", "head_dim", self.head_dim)
         _positive("Indexer", "index_top_k", self.top_k)
         _flag("Indexer", "shared", self.shared)
+        _flag("Indexer", "interleaved", self.interleaved)
 
 
 @dataclass(frozen=True)
@@ -297,9 +308,13 @@ class Attention(_Part):
     rope: Optional[Rope] = Rope()  # None: no rotary embedding (learned or relative positions, or none: NoPE)
     scale: Optional[float] = None  # softmax scale (None: 1/sqrt(head_dim); T5: 1; Gemma: query_pre_attn_scalar^-1/2)
     softcap: float = 0.0  # scores capped as c*tanh(s/c) before the softmax (Gemma 2); 0: none
-    qk_l2norm: bool = False  # q and k scaled to unit length, no weight (Llama 4)
+    qk_l2norm: bool = False  # q and k scaled to unit length (RMS, the norm's eps), no weight (Llama 4)
+    v_norm: bool = False  # each value head RMS-normalised, no weight (Gemma 4)
     value_scale: float = 1.0  # the values multiplied by this (MiMo-V2-Flash)
     clip_qkv: float = 0.0  # q, k, v clamped to [-c, c] (DBRX, OLMoE); 0: none
+    temperature: float = 0.0  # Llama 4's attention-temperature tuning (its NoPE layers): the query at position p
+    # times 1 + temperature * log(1 + floor((p + 1) / temperature_floor)); 0: none
+    temperature_floor: int = 8192
 
     kind = "attention"
 
@@ -341,6 +356,9 @@ class Attention(_Part):
         _number(o, "value_scale", self.value_scale)
         _number(o, "clip_qkv", self.clip_qkv, positive=False)
         _flag(o, "qk_l2norm", self.qk_l2norm)
+        _flag(o, "v_norm", self.v_norm)
+        _number(o, "temperature", self.temperature, positive=False)
+        _positive(o, "temperature_floor", self.temperature_floor)
         if self.indexer is not None:
             if not isinstance(self.indexer, Indexer):
                 raise SpecError(f"{o}: indexer must be an Indexer or None")
@@ -387,6 +405,7 @@ class LinearAttention(_Part):
     key_dim: int
     value_dim: int
     conv: int = 4
+    activation: str = "silu"  # the function, not the count: after the convolution (the config's hidden_act)
 
     kind = "linear_attention"
 
@@ -397,6 +416,7 @@ class LinearAttention(_Part):
         _positive(o, "key_dim", self.key_dim)
         _positive(o, "value_dim", self.value_dim)
         _positive(o, "conv", self.conv)
+        _choice(o, "activation", self.activation, ACTIVATIONS)
         if self.heads % self.key_heads:
             raise SpecError(f"{o}: heads ({self.heads}) must be a multiple of key_heads ({self.key_heads})")
 
@@ -424,6 +444,8 @@ class Mamba2(_Part):
     conv: int = 4
     conv_bias: bool = True
     bias: bool = False
+    dt_min: float = 0.0  # the function, not the count: step sizes clamped to at least this (time_step_min)
+    activation: str = "silu"  # after the convolution (mamba_hidden_act)
 
     kind = "mamba2"
 
@@ -433,6 +455,8 @@ class Mamba2(_Part):
             _positive(o, name, getattr(self, name))
         _flag(o, "conv_bias", self.conv_bias)
         _flag(o, "bias", self.bias)
+        _number(o, "dt_min", self.dt_min, positive=False)
+        _choice(o, "activation", self.activation, ACTIVATIONS)
         if self.inner % self.groups or self.heads % self.groups:
             raise SpecError(f"{o}: heads ({self.heads}) must be a multiple of groups ({self.groups})")
 
@@ -454,9 +478,6 @@ MIXERS = (Attention, LinearAttention, Mamba2)
 # ---------------------------------------------------------------------------------------------
 # FFNs: what works on each position alone
 
-ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu", "relu2", "swiglu_oai")
-
-
 @dataclass(frozen=True)
 class FFN(_Part):
     """A feed-forward network of hidden width F: gated (three matrices: gate, up, down)
@@ -466,6 +487,8 @@ class FFN(_Part):
     gated: bool = True
     bias: bool = False
     activation: str = "silu"
+    clamp: float = 0.0  # the function, not the count: act(gate) clamped to at most c and up to [-c, c] (Step 3.5's
+    # swiglu limits); 0: none
 
     kind = "ffn"
 
@@ -474,6 +497,7 @@ class FFN(_Part):
         _flag("FFN", "gated", self.gated)
         _flag("FFN", "bias", self.bias)
         _choice("FFN", "activation", self.activation, ACTIVATIONS)
+        _number("FFN", "clamp", self.clamp, positive=False)
 
     @property
     def matrices(self) -> int:
@@ -521,6 +545,10 @@ class MoE(_Part):
     group_top_k: int = 1  # ... of which a token may use this many (DeepSeek-V3's n_group, topk_group)
     weight_input: bool = False  # the router's weight scales the expert's input, not its output (Llama 4)
     renormalize: bool = True  # sigmoid_topk: the k weights divided by their sum (DeepSeek's norm_topk_prob)
+    router_eps: float = 0.01  # sparsemixer: the relative distance 2*eps within which logits share a softmax
+    # (PhiMoE's router_jitter_noise)
+    expert_capacity: int = 0  # tokens an expert takes per sequence, the first in order; the rest skip the layer
+    # (Switch's expert_capacity); 0: no limit
 
     kind = "moe"
 
@@ -552,6 +580,8 @@ class MoE(_Part):
         _positive(o, "group_top_k", self.group_top_k)
         _flag(o, "weight_input", self.weight_input)
         _flag(o, "renormalize", self.renormalize)
+        _number(o, "router_eps", self.router_eps, positive=False)
+        _positive(o, "expert_capacity", self.expert_capacity, zero_ok=True)
         # (groups that do not divide the experts count the same; routing them fails, as in transformers)
         if self.router == "sparsemixer" and self.top_k != 2:
             raise SpecError(f"{o}: the sparsemixer router picks exactly 2 experts, not top_k {self.top_k}")
@@ -728,6 +758,8 @@ class Transformer(_Part):
     logit_scale: float  # the logits times this (Granite: 1/logits_scaling; T5: D^-1/2 when tied)
     logit_softcap: float  # the logits capped as c*tanh(z/c) (Gemma 2, 4); 0: none
     post_norm: bool  # each sublayer's norm after the residual add (BERT) instead of before the sublayer
+    relative_max_distance: int  # T5: offsets at least this far share the last bucket
+    layer_scalar: bool  # each layer's output times a learned scalar, a buffer (Gemma 4)
     storage: Storage  # how its checkpoint stores the weights (serving bytes, not counts)
     name: str
 
@@ -739,7 +771,8 @@ class Transformer(_Part):
                  final_norm: bool = True, head_transform: bool = False, head_bias: bool = False,
                  per_layer_input: int = 0, per_layer_vocab: int = 0, embed_scale: float = 1.0,
                  residual_scale: float = 1.0, logit_scale: float = 1.0, logit_softcap: float = 0.0,
-                 post_norm: bool = False, storage: Storage = None, name: str = ""):
+                 post_norm: bool = False, relative_max_distance: int = 128, layer_scalar: bool = False,
+                 storage: Storage = None, name: str = ""):
         o = f"Transformer {name!r}" if name else "Transformer"
         shorthand = layers is not None or attention is not None or ffn is not None or moe is not None
         if blocks is not None:
@@ -778,7 +811,8 @@ class Transformer(_Part):
                       final_norm=final_norm, head_transform=head_transform, head_bias=head_bias,
                       per_layer_input=per_layer_input, per_layer_vocab=per_layer_vocab, embed_scale=embed_scale,
                       residual_scale=residual_scale, logit_scale=logit_scale, logit_softcap=logit_softcap,
-                      post_norm=post_norm, storage=Storage() if storage is None else storage, name=name)
+                      post_norm=post_norm, relative_max_distance=relative_max_distance, layer_scalar=layer_scalar,
+                      storage=Storage() if storage is None else storage, name=name)
         for k, v in values.items():
             object.__setattr__(self, k, v)
         self._validate()
@@ -792,7 +826,9 @@ class Transformer(_Part):
         _positive(o, "per_layer_vocab", self.per_layer_vocab, zero_ok=True)
         if bool(self.per_layer_input) != bool(self.per_layer_vocab):
             raise SpecError(f"{o}: give per_layer_input and per_layer_vocab together")
-        for name in ("tied", "embedding_norm", "final_norm", "head_transform", "head_bias", "post_norm"):
+        _positive(o, "relative_max_distance", self.relative_max_distance)
+        for name in ("tied", "embedding_norm", "final_norm", "head_transform", "head_bias", "post_norm",
+                     "layer_scalar"):
             _flag(o, name, getattr(self, name))
         for name in ("embed_scale", "residual_scale", "logit_scale"):
             _number(o, name, getattr(self, name))
