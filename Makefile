@@ -2,7 +2,7 @@
 PY      := .venv/bin/python
 STAMP   := .venv/.installed
 
-.PHONY: book slides test test-lib test-notebooks test-site check execute experiments bench clean
+.PHONY: book slides handout test test-lib test-notebooks test-site check execute experiments bench clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
@@ -14,12 +14,23 @@ $(STAMP): requirements.txt pyproject.toml
 # The site, from the stored (nbval-verified) notebook outputs; -W: any warning fails the build, and so does
 # any page that would load something from another host (the site works offline). --all: every page is
 # rewritten (an incremental build keeps links to sections that moved); under a minute on 2 cores.
-book: $(STAMP)
+book: $(STAMP) node_modules/.installed
 	.venv/bin/jupyter-book build . -W -n --keep-going --all
 
-# Every chapter as reveal.js slides that work offline, with speaker notes: _build/slides/index.html.
+# The calculator page runs the library in the browser under Pyodide, which the build copies from npm
+# (package.json pins it, package-lock.json its bytes): about 14 MB under _build/html/_static/calculator/.
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --ignore-scripts
+	touch $@
+
+# Every chapter as reveal.js slides that work offline, with speaker notes: _build/slides/index.html. What each
+# slide shows comes from the chapter's outline, book/slides/<chapter>.yml.
 slides: $(STAMP)
 	$(PY) scripts/slides.py
+
+# Every deck as a PDF, one slide per page, printed by headless Chromium: _build/slides/handout/.
+handout: slides
+	$(PY) scripts/handout.py
 
 # The library's tests; every notebook under nbval (strict: the stored outputs are the claims), in place with this
 # CPU's kernels, then each one alone (copied into an empty folder, the package installed from a wheel) with

@@ -141,7 +141,7 @@ BAD_CONFIGS = {
     "JSON not an object": ([1, 2, 3], "expected a JSON object"),
     "not UTF-8": (b"\xff\xfe{\x00", "cannot read"),
     "no model_type": ({"hidden_size": 4096}, "model_type"),
-    "unknown model_type": (_mixtral(model_type="bert"), "unknown model_type 'bert'"),
+    "unknown model_type": (_mixtral(model_type="rwkv"), "unknown model_type 'rwkv'"),
     "size missing": (_mixtral(hidden_size=KeyError), "hidden_size is missing"),
     "size a string": (_mixtral(hidden_size="4096"), "must be an integer"),
     "size a float": (_mixtral(hidden_size=4096.0), "must be an integer"),
@@ -223,3 +223,128 @@ def test_python_dash_m_whatruns(tmp_path):
                        text=True, timeout=120)
     assert p.returncode == 0 and p.stderr == ""
     assert json.loads(p.stdout)["total_params"] == count(catalog.spec("gpt3-175b")).total_params
+
+
+# ------------------------------------------------------------------------------------------ issue 11: what it assumed
+
+def test_structure_causal_and_active_convention(capsys):
+    from whatruns.count import active_params_as
+    rc, out, err = run(capsys, "count", "gpt-oss-120b", "--structure", "--causal", "--active-convention",
+                       "whole_table")
+    spec = catalog.spec("gpt-oss-120b")
+    c = count(spec, seq_len=2048, causal=True)
+    assert rc == 0 and err == ""
+    assert "decoder: 36 layers, 18 times the 2 below" in out and "window 128" in out
+    assert f"{c.flops_per_token:,.0f}" in out or f"{c.flops_per_token:,.1f}" in out
+    assert f"{active_params_as(c, 'whole_table'):,}" in out
+    assert "only the keys each query can see" in out.splitlines()[-1]  # the footer states the convention
+    rc, out, _ = run(capsys, "count", "gpt-oss-120b", "--json", "--causal", "--structure")
+    d = json.loads(out)
+    assert d["causal"] is True and d["flops_per_token"] == c.flops_per_token and d["structure"][0].startswith("decoder")
+    assert count(spec, seq_len=2048).flops_per_token > d["flops_per_token"]  # the window and the mask save work
+
+
+def test_table_is_exact_past_2_to_the_53(capsys, tmp_path):
+    """Integers past 2^53 print with every digit (a float would round them), and units go past T."""
+    cfg = {"model_type": "llama", "vocab_size": 2 ** 32 - 1, "hidden_size": 1_048_575, "num_hidden_layers": 1,
+           "num_attention_heads": 25, "intermediate_size": 1, "mlp_bias": True}  # an odd total: no float holds it
+    rc, out, err = run(capsys, "count", _write(tmp_path, "big.json", cfg), "--json")
+    total = json.loads(out)["total_params"]
+    assert rc == 0 and total > 2 ** 53 and f"{float(total):,.0f}" != f"{total:,}"  # a float would lose digits
+    rc, out, err = run(capsys, "count", str(tmp_path / "big.json"))
+    assert rc == 0 and f"{total:,}" in out and "P)" in out  # 9.0e15: petaparameters
+
+
+def test_wrapped_config_is_counted_as_its_text_model(capsys, tmp_path):
+    text = catalog.config("mixtral-8x7b")
+    wrapper = {"model_type": "llava", "text_config": text, "vision_config": {"model_type": "clip_vision_model"}}
+    rc, out, _ = run(capsys, "count", _write(tmp_path, "config.json", wrapper), "--json")
+    d = json.loads(out)
+    assert rc == 0 and d["text_model_of"] == "llava"
+    assert d["total_params"] == count(catalog.spec("mixtral-8x7b")).total_params
+    rc, out, _ = run(capsys, "count", str(tmp_path / "config.json"))
+    assert "counted as its text model (the 'llava' config's text_config)" in out
+    wrapper["text_config"] = {**text, "model_type": "not_a_text_model"}
+    rc, out, err = run(capsys, "count", _write(tmp_path, "bad.json", wrapper))
+    assert_one_line_error(rc, out, err, "llava config", "'not_a_text_model'")
+
+
+def _hf_cache(root, repo_id: str, config: dict, commit: str = "0123456789abcdef0123456789abcdef01234567"):
+    """A Hugging Face cache holding one config.json, laid out as huggingface_hub lays it out."""
+    repo = root / "hub" / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snap = repo / "snapshots" / commit
+    snap.mkdir(parents=True)
+    (snap / "config.json").write_text(json.dumps(config))
+    return root
+
+
+def _cli(*argv, env=None, timeout=60):
+    import os
+    p = subprocess.run([sys.executable, "-m", "whatruns", *argv], capture_output=True, text=True, timeout=timeout,
+                       env={**os.environ, **(env or {})})
+    return p.returncode, p.stdout, p.stderr
+
+
+def test_hub_id_from_the_cache_offline(tmp_path):
+    home = _hf_cache(tmp_path, "mistralai/Mixtral-8x7B-v0.1", catalog.config("mixtral-8x7b"))
+    env = {"HF_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+    rc, out, err = _cli("count", "mistralai/Mixtral-8x7B-v0.1", "--json", env=env)
+    assert rc == 0 and err == "", err
+    d = json.loads(out)
+    assert d["total_params"] == count(catalog.spec("mixtral-8x7b")).total_params
+    assert d["source"] == "mistralai/Mixtral-8x7B-v0.1 (Hugging Face Hub)"
+    rc, out, err = _cli("count", "mistralai/Not-Cached", env=env)
+    assert rc == 2 and out == "" and err.count("\n") == 1
+    assert "no config.json in the Hugging Face cache" in err and "give a path to its config.json" in err
+
+
+def test_catalog_names_keep_precedence_and_paths_say_no_such_file(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rc, out, _ = run(capsys, "count", "MIXTRAL-8x7b", "--json")
+    assert rc == 0 and json.loads(out)["source"].endswith("catalog 'mixtral-8x7b'")
+    for path in ("configs/llama.json", "./llama", "~/nowhere/config.json"):
+        rc, out, err = run(capsys, "count", path)
+        assert_one_line_error(rc, out, err, "no such file")
+
+
+HOSTILE = {
+    # case: (config text, fragment)
+    "10^18 layers": ('{"model_type": "llama", "vocab_size": 32000, "hidden_size": 4096, '
+                     '"num_hidden_layers": 1000000000000000000, "num_attention_heads": 32, '
+                     '"intermediate_size": 11008}', "num_hidden_layers 1000000000000000000 is beyond the bound"),
+    "10^300 vocabulary": ('{"model_type": "llama", "vocab_size": 1' + "0" * 300 + ', "hidden_size": 4096, '
+                          '"num_hidden_layers": 2, "num_attention_heads": 32, "intermediate_size": 11008}',
+                          "vocab_size 100000000000... (301 characters) is beyond the bound"),
+    "10^13 experts": ('{"model_type": "mixtral", "vocab_size": 32000, "hidden_size": 4096, "num_hidden_layers": 2, '
+                      '"num_attention_heads": 32, "intermediate_size": 14336, "num_local_experts": 10000000000000}',
+                      "num_local_experts 10000000000000 is beyond the bound 16,777,216"),
+    "100,000-deep nesting": ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    "5,000-digit integer": ('{"model_type": "llama", "vocab_size": ' + "9" * 5000 + "}", "4300 digits"),
+    "model_type in capitals": ('{"model_type": "Mixtral"}', "did you mean 'mixtral'"),
+    "absurd product of plausible sizes": (
+        json.dumps({"model_type": "mixtral", "vocab_size": 32000, "hidden_size": 2 ** 20, "num_hidden_layers": 2 ** 16,
+                    "num_attention_heads": 2 ** 10, "intermediate_size": 2 ** 20, "num_local_experts": 2 ** 20}),
+        "beyond the bound 1e+16"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_input_is_one_line_fast_and_small(case):
+    """Each is one line and exit 2, within seconds (a second or so of it is Python starting) and a few
+    hundred MB: work does not grow with the numbers the config holds."""
+    import resource
+    import time
+    text, fragment = HOSTILE[case]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    start = time.perf_counter()
+    p = subprocess.run([sys.executable, "-m", "whatruns", "count", "-"], input=text, capture_output=True, text=True,
+                       timeout=60)
+    elapsed = time.perf_counter() - start
+    rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    assert p.returncode == 2 and p.stdout == "", (p.stdout, p.stderr)
+    assert p.stderr.count("\n") == 1 and p.stderr.startswith("whatruns: error: ") and "Traceback" not in p.stderr
+    assert fragment in p.stderr, p.stderr
+    assert elapsed < 10, elapsed  # generous for a loaded 2-core machine; about 1 s when quiet
+    assert rss_mb < 400 or before / 1024 >= 400, rss_mb

@@ -8,6 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from whatruns import FFN, MoE, Attention, EmbeddingModel, Norm, Table, Transformer, count
+from whatruns.spec import Block, Indexer, LinearAttention, Mamba2, Run
 from whatruns.count import ffn_flops
 from whatruns.measure import count_flops, flop_breakdown
 from whatruns.nn import STRATEGIES, MoELayer, build
@@ -16,7 +17,8 @@ torch.set_num_threads(1)  # tiny tensors: threads only add waiting (and spinning
 
 SETTINGS = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 DROPLESS = ("grouped_mm", "loop", "threads")  # the strategies whose FLOPs are count()'s
-FAMILIES = ("gpt2", "llama", "qwen3", "mla", "mla_q_lora", "gpt_oss", "qwen2_moe", "deepseek_v3", "switch_t5")
+FAMILIES = ("gpt2", "llama", "qwen3", "mla", "mla_q_lora", "gpt_oss", "qwen2_moe", "deepseek_v3", "switch_t5",
+            "hybrid", "bert", "gemma4")
 small = st.integers
 
 
@@ -48,7 +50,7 @@ def transformers(draw, family=None):
         kw.update(positions=draw(small(8, 12)), norm=Norm("layernorm", bias=True),
                   ffn=FFN(ffn.width, gated=False, bias=True, activation="gelu_tanh"))
     elif family in ("llama", "qwen3"):
-        a = Attention(H, K, dh, qk_norm=family == "qwen3")
+        a = Attention(H, K, dh, qk_norm="head" if family == "qwen3" else None)
     elif family.startswith("mla") or family == "deepseek_v3":
         r = draw(small(1, 4))
         a = Attention(H, H, r + draw(small(1, 5)), v_head_dim=draw(small(2, 6)), kv_lora_rank=draw(small(2, 6)),
@@ -65,6 +67,28 @@ def transformers(draw, family=None):
         a = Attention(H, K, dh, bias=True)
         kw.update(moe=draw(moes(shared=FFN(8), shared_experts=1, shared_gate=True)),
                   moe_layers=draw(st.sampled_from([(0,), tuple(range(L))])))
+    elif family == "hybrid":  # a per-layer stack: every mixer kind, MoE with latent, output gate, sparse attention
+        return Transformer(vocab=V, width=D, tied=kw["tied"], name=family, blocks=draw(st.lists(hybrid_blocks(D),
+                                                                                                min_size=1, max_size=3)))
+    elif family == "gemma4":  # per-layer embeddings, values from keys, shared keys and values, router scales
+        sliding = Attention(H, K, dh, qk_norm="head", window=draw(small(1, 3)))
+        full = Attention(H, K, 2 * dh, qk_norm="head", values_from_keys=draw(st.booleans()))
+        moe = draw(moes()).with_(router_scale=True, shared=FFN(8), shared_experts=1) if draw(st.booleans()) else None
+        ffn = moe or FFN(4 * draw(small(1, 3)))
+        blocks = [Block(sliding, ffn, post_norms=True, extra_norms=3 if moe else 0),
+                  Block(full, ffn, post_norms=True, extra_norms=3 if moe else 0)]
+        blocks += [Block(a.with_(kv_shared=True), ffn, post_norms=True, extra_norms=3 if moe else 0)
+                   for a in draw(st.lists(st.sampled_from((sliding, full)), max_size=2))]
+        P = draw(small(0, 3))
+        return Transformer(vocab=V, width=D, blocks=blocks, tied=True, per_layer_input=P,
+                           per_layer_vocab=V + draw(small(0, 3)) if P else 0, name=family)
+    elif family == "bert":  # an encoder alone, post-norm extras: token types, embedding norm, head transform
+        a = Attention(H, H, dh, bias=True, out_bias=True)
+        return Transformer(vocab=V, width=D, blocks=(), encoder=[Run(Block(a, FFN(ffn.width, gated=False, bias=True,
+                                                                                  activation="gelu")), L)],
+                           norm=Norm("layernorm", bias=True), tied=True, positions=draw(small(8, 12)),
+                           token_types=draw(small(1, 3)), embedding_norm=True, final_norm=False, head_transform=True,
+                           head_bias=True, name=family)
     else:  # switch_t5: encoder-decoder, relative buckets, MoE in the encoder (and maybe the decoder)
         a = Attention(H, H, dh, v_head_dim=draw(small(2, 6)))
         enc = draw(small(1, 2))
@@ -72,6 +96,47 @@ def transformers(draw, family=None):
                   moe=draw(moes(top_k=1, router="softmax_topk")), moe_layers=draw(st.sampled_from([(), (0,)])),
                   ffn=FFN(ffn.width, gated=False, activation="relu"))
     return Transformer(attention=a, **kw)
+
+
+@st.composite
+def hybrid_blocks(draw, D):
+    """One layer of any kind: each mixer (or none), each FFN kind (or none)."""
+    kind = draw(st.sampled_from(("gqa", "gated", "chunked", "full_qk_norm", "sparse", "deltanet", "mamba2", "none")))
+    H = draw(st.sampled_from((1, 2, 4)))
+    dh = draw(small(2, 6))
+    if kind == "gqa":
+        mixer = Attention(H, draw(st.sampled_from([k for k in (1, 2) if H % k == 0])), dh,
+                          window=draw(small(0, 3)))
+    elif kind == "gated":
+        mixer = Attention(H, H, dh, gate=draw(st.sampled_from(("channel", "head"))), qk_norm="head")
+    elif kind == "chunked":
+        mixer = Attention(H, H, dh, chunk=draw(small(1, 3)))
+    elif kind == "full_qk_norm":
+        mixer = Attention(H, H, dh, qk_norm="full")
+    elif kind == "sparse":
+        r = draw(small(1, 3))
+        mixer = Attention(H, H, r + draw(small(1, 3)), v_head_dim=draw(small(2, 4)), kv_lora_rank=draw(small(2, 5)),
+                          rope_head_dim=r, q_lora_rank=draw(small(2, 5)),
+                          indexer=Indexer(draw(small(1, 3)), draw(small(1, 4)), draw(small(1, 4))))
+    elif kind == "deltanet":
+        Hk = draw(small(1, 2))
+        mixer = LinearAttention(heads=Hk * draw(small(1, 2)), key_heads=Hk, key_dim=draw(small(1, 4)),
+                                value_dim=draw(small(1, 4)), conv=draw(small(1, 4)))
+    elif kind == "mamba2":
+        G = draw(small(1, 2))
+        mixer = Mamba2(heads=G * draw(small(1, 2)), head_dim=draw(small(1, 3)), state=draw(small(1, 4)), groups=G,
+                       conv=draw(small(1, 4)), conv_bias=draw(st.booleans()), bias=draw(st.booleans()))
+    else:
+        mixer = None
+    ffn = draw(st.sampled_from(("ffn", "moe", "latent_moe", "none" if mixer is not None else "ffn")))
+    if ffn == "ffn":
+        f = FFN(4 * draw(small(1, 3)), gated=draw(st.booleans()), activation=draw(st.sampled_from(("silu", "relu2"))))
+    elif ffn == "none":
+        f = None
+    else:
+        m = draw(moes())
+        f = m.with_(latent=4 * draw(small(1, 2)), latent_bias=draw(st.booleans())) if ffn == "latent_moe" else m
+    return Block(mixer, f, post_norms=draw(st.booleans()))
 
 
 def nparams(model):
@@ -96,7 +161,7 @@ def test_transformer_params_and_flops_equal_count(family, data, B, T, seed):
         assert nparams(model) == c.total_params
         assert count_flops(model, ids) == c.flops_per_token * B * T, strategy
         assert model(ids).shape == (B, T, spec.vocab)
-    if spec.moe is not None:  # every expert on every token: E/k times the routed work
+    if spec.is_moe and family != "hybrid":  # every expert on every token: E/k times the routed work
         routed = c.breakdown["routed_experts"].flops * B * T
         dense = count_flops(build(spec, seed=seed, moe_strategy="dense"), ids) - (c.flops_per_token * B * T - routed)
         assert dense * spec.moe.top_k == routed * spec.moe.experts

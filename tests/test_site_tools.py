@@ -103,21 +103,3 @@ def test_myst_becomes_plain_markdown_for_slides():
     assert "(Brown et al., 2020)" in out and "Brown et al. (2020)" in out and "$x^2$" in out
     assert "<details><summary>Answer</summary>" in out and "</details>" in out and "**Note.**" in out
     assert "(sec-y)=" not in out and "{" not in out.replace("{glue", "")
-
-
-def test_lecture_metadata_leaves_the_chapter_untouched():
-    nb = chapter()
-    before = nbformat.writes(nb)
-    deck = slides.lecture(nb, slides.Myst(booktools.glue_values(nb), {}, {}, {}))
-    assert nbformat.writes(nb) == before  # the chapter itself is never changed
-    kinds = [(c.cell_type, c.metadata["slideshow"]["slide_type"], c.source.splitlines()[0] if c.source else "")
-             for c in deck.cells]
-    assert kinds[0] == ("markdown", "slide", "# A chapter")
-    assert kinds[1][1] == "notes" and "One thing, 25%" in deck.cells[1].source  # takeaways: speaker notes
-    assert ("markdown", "slide", "## First part") in kinds and ("markdown", "subslide", "### Detail") in kinds
-    plot = next(c for c in deck.cells if c.source == "plot()")
-    assert plot.metadata["slideshow"]["slide_type"] == "subslide" and "slides-no-input" in plot.metadata["tags"]
-    glue_cell = next(c for c in deck.cells if c.cell_type == "code" and "glue(" in c.source)
-    assert glue_cell.outputs == []  # glued values are pasted into the prose, not shown as outputs
-    assert "1,234,567" in deck.cells[0].source
-    nbformat.validate(deck)

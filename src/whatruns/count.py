@@ -25,13 +25,17 @@ For a DLRM-style :class:`~whatruns.spec.EmbeddingModel` one "token" is one examp
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Dict
 
-from .spec import FFN, MoE, Attention, EmbeddingModel, SpecError, Transformer
+from .spec import (FFN, Attention, Block, EmbeddingModel, LinearAttention, Mamba2, MoE, SpecError, Transformer,
+                   _positive)
 
-COMPONENTS = ("embedding", "attention", "dense_ffn", "routed_experts", "shared_experts", "router",
-              "norms", "head", "mlp", "interaction")
+COMPONENTS = ("embedding", "per_layer_input", "attention", "linear_attention", "ssm", "dense_ffn", "routed_experts",
+              "shared_experts", "router", "norms", "head", "mlp", "interaction")
+
+MAX_PARAMS = 10 ** 16
+"""More parameters than this (10,000 times the largest published model) describe no model: an input error."""
 
 
 @dataclass
@@ -135,36 +139,68 @@ def ffn_flops(D: int, ffn: FFN) -> int:
 
 
 def attention_params(D: int, a: Attention) -> int:
-    """Parameters of one self-attention layer (projections, MLA latents and norms, QK-norm, sinks)."""
+    """Parameters of one self-attention layer: projections (an output gate per channel doubles the query
+    projection, one per head adds D x H; values taken from the keys drop the value projection; keys and
+    values shared from an earlier layer drop both and the key norm), MLA's latents and their norms,
+    QK-norm, sinks, and a sparse-attention indexer."""
     H, K, dh, dv = a.heads, a.kv_heads, a.head_dim, a.v_head_dim
+    q_out = H * dh * (2 if a.gate == "channel" else 1)
     if a.mla:
         nope = dh - a.rope_head_dim
         if a.q_lora_rank:
-            q = linear_params(D, a.q_lora_rank, a.bias) + a.q_lora_rank + linear_params(a.q_lora_rank, H * dh)
+            q = linear_params(D, a.q_lora_rank, a.bias) + a.q_lora_rank + linear_params(a.q_lora_rank, q_out)
         else:
-            q = linear_params(D, H * dh)
+            q = linear_params(D, q_out)
         kv = (linear_params(D, a.kv_lora_rank + a.rope_head_dim, a.bias) + a.kv_lora_rank
               + linear_params(a.kv_lora_rank, H * (nope + dv)))
         n = q + kv
     else:
-        n = linear_params(D, H * dh, a.bias) + linear_params(D, K * dh, a.bias) + linear_params(D, K * dv, a.bias)
+        n = linear_params(D, q_out, a.bias)
+        if not a.kv_shared:
+            n += linear_params(D, K * dh, a.bias) + (0 if a.values_from_keys else linear_params(D, K * dv, a.bias))
     n += linear_params(H * dv, D, a.out_bias)
-    if a.qk_norm:
-        n += 2 * dh
+    if a.gate == "head":
+        n += linear_params(D, H)
+    if a.qk_norm == "head":
+        n += dh if a.kv_shared else 2 * dh
+    elif a.qk_norm == "full":
+        n += H * dh if a.kv_shared else (H + K) * dh
     if a.sinks:
         n += H
+    if a.indexer is not None:
+        n += indexer_params(D, a)
     return n
 
 
+def indexer_params(D: int, a: Attention) -> int:
+    """Parameters of a DeepSeek Sparse Attention indexer: its queries from the query latent
+    (q_lora_rank x Hi*di), one key (D x di) with a LayerNorm (weight and bias), a weight per head (D x Hi)."""
+    i = a.indexer
+    if i.shared:  # reads the keys another layer's indexer picked
+        return 0
+    return (linear_params(a.q_lora_rank, i.heads * i.head_dim) + linear_params(D, i.head_dim) + 2 * i.head_dim
+            + linear_params(D, i.heads))
+
+
 def attention_projection_flops(D: int, a: Attention) -> int:
-    """Forward FLOPs per token of the q, k, v and output projections (not the scores)."""
+    """Forward FLOPs per token of the projections (q, k, v, output, an output gate's; not the scores);
+    with an indexer, its projections too."""
     H, K, dh, dv = a.heads, a.kv_heads, a.head_dim, a.v_head_dim
+    q_out = H * dh * (2 if a.gate == "channel" else 1)
     if a.mla:
         nope = dh - a.rope_head_dim
-        q = 2 * D * H * dh if not a.q_lora_rank else 2 * (D * a.q_lora_rank + a.q_lora_rank * H * dh)
+        q = 2 * D * q_out if not a.q_lora_rank else 2 * (D * a.q_lora_rank + a.q_lora_rank * q_out)
         kv = 2 * (D * (a.kv_lora_rank + a.rope_head_dim) + a.kv_lora_rank * H * (nope + dv))
-        return q + kv + 2 * H * dv * D
-    return 2 * D * (H * dh + K * dh + K * dv) + 2 * H * dv * D
+        n = q + kv + 2 * H * dv * D
+    else:
+        kv = 0 if a.kv_shared else K * dh + (0 if a.values_from_keys else K * dv)
+        n = 2 * D * (q_out + kv) + 2 * H * dv * D
+    if a.gate == "head":
+        n += 2 * D * H
+    if a.indexer is not None and not a.indexer.shared:
+        i = a.indexer
+        n += 2 * (a.q_lora_rank * i.heads * i.head_dim + D * i.head_dim + D * i.heads)
+    return n
 
 
 def attention_score_flops(a: Attention, keys: float) -> float:
@@ -173,20 +209,112 @@ def attention_score_flops(a: Attention, keys: float) -> float:
     return 2 * a.heads * keys * (a.head_dim + a.v_head_dim)
 
 
-def mean_keys(T: int, causal: bool, window: int = 0) -> float:
-    """Keys each query attends to, on average over a sequence of T tokens."""
+def indexer_score_flops(a: Attention, keys: float) -> float:
+    """Forward FLOPs per query of a sparse-attention indexer scoring ``keys`` keys: a dot product of
+    di per indexer head and key (2*Hi*di), then the heads' scores weighted and summed (2*Hi)."""
+    i = a.indexer
+    return 2 * i.heads * keys * (i.head_dim + 1)
+
+
+def mean_keys(T: int, causal: bool, window: int = 0, chunk: int = 0) -> float:
+    """Keys each query attends to, on average over a sequence of T tokens.
+
+    Not causal: all T (what a FLOP counter sees of attention under any mask). Causal: query i sees
+    i + 1 keys; with a sliding ``window``, min(i + 1, window); with ``chunk`` s, the keys of its own
+    chunk up to itself, (i mod chunk) + 1."""
     if not causal:
         return T
     if window and window < T:  # query i sees min(i + 1, window) keys
         return (window * (window + 1) / 2 + (T - window) * window) / T
+    if chunk and chunk < T:
+        full, rest = divmod(T, chunk)
+        return (full * chunk * (chunk + 1) / 2 + rest * (rest + 1) / 2) / T
     return (T + 1) / 2
+
+
+def attention_keys(a: Attention, T: int, causal: bool) -> float:
+    """Keys one query of this layer reads, on average (:func:`mean_keys`); with a sparse-attention
+    indexer and ``causal``, min(i + 1, top_k): the indexer picks top_k of the visible keys."""
+    if a.indexer is not None and causal:
+        k = a.indexer.top_k
+        if k < T:
+            return (k * (k + 1) / 2 + (T - k) * k) / T
+    return mean_keys(T, causal, a.window, a.chunk)
+
+
+def attention_flops(D: int, a: Attention, T: int, causal: bool = False) -> float:
+    """Forward FLOPs per token of one attention layer in a sequence of T tokens: projections, scores and
+    values over :func:`attention_keys` keys, and an indexer's scores over every visible key."""
+    n = attention_projection_flops(D, a) + attention_score_flops(a, attention_keys(a, T, causal))
+    if a.indexer is not None and not a.indexer.shared:
+        n += indexer_score_flops(a, mean_keys(T, causal))
+    return n
+
+
+def linear_attention_params(D: int, m: LinearAttention) -> int:
+    """Parameters of one gated DeltaNet layer: the input projection to q, k, v and the gate z
+    (D x (2*Hk*dk + 2*H*dv)) and to a decay and a write strength per head (D x 2H), the depthwise
+    convolution (``conv`` taps per channel of q, k, v; no bias), a step bias and a decay rate per head,
+    the gated RMSNorm's dv weights and the output projection (H*dv x D)."""
+    H, Hk, dk, dv = m.heads, m.key_heads, m.key_dim, m.value_dim
+    return D * (2 * Hk * dk + 2 * H * dv) + D * 2 * H + m.conv_channels * m.conv + 2 * H + dv + H * dv * D
+
+
+def linear_attention_flops(D: int, m: LinearAttention) -> int:
+    """Forward FLOPs per token of one gated DeltaNet layer, in recurrent form: the projections (2 per
+    weight), the depthwise convolution (2 per tap and channel), and per value head three products with
+    its dk x dv state -- read what it holds for the key, write the correction, read the query's answer:
+    6*dk*dv. The same for every token whatever T: no growth with the context."""
+    H, Hk, dk, dv = m.heads, m.key_heads, m.key_dim, m.value_dim
+    return (2 * D * (2 * Hk * dk + 2 * H * dv + 2 * H) + 2 * m.conv_channels * m.conv + 6 * H * dk * dv
+            + 2 * H * dv * D)
+
+
+def mamba2_params(D: int, m: Mamba2) -> int:
+    """Parameters of one Mamba-2 mixer: the input projection (D x (2I + 2GN + H)), the depthwise
+    convolution over x, B, C (``conv`` taps per channel, and a bias each if ``conv_bias``), a step bias, a
+    decay rate and a skip weight per head, the gated RMSNorm's I weights and the output projection
+    (I x D); biases on both projections if ``bias``."""
+    I, G, N, H = m.inner, m.groups, m.state, m.heads
+    return (linear_params(D, 2 * I + 2 * G * N + H, m.bias) + m.conv_channels * (m.conv + int(m.conv_bias))
+            + 3 * H + I + linear_params(I, D, m.bias))
+
+
+def mamba2_flops(D: int, m: Mamba2) -> int:
+    """Forward FLOPs per token of one Mamba-2 mixer, in recurrent form: projections, convolution, and per
+    head two products with its head_dim x N state (write x times B, read it with C): 4*I*N. Flat in T."""
+    I, G, N, H = m.inner, m.groups, m.state, m.heads
+    return 2 * D * (2 * I + 2 * G * N + H) + 2 * m.conv_channels * m.conv + 4 * I * N + 2 * I * D
+
+
+def mixer_params(D: int, m) -> int:
+    """Parameters of one mixer of any kind."""
+    if isinstance(m, Attention):
+        return attention_params(D, m)
+    if isinstance(m, LinearAttention):
+        return linear_attention_params(D, m)
+    return mamba2_params(D, m)
+
+
+def mixer_flops(D: int, m, T: int, causal: bool = False) -> float:
+    """Forward FLOPs per token of one mixer of any kind in a sequence of T tokens."""
+    if isinstance(m, Attention):
+        return attention_flops(D, m, T, causal)
+    if isinstance(m, LinearAttention):
+        return linear_attention_flops(D, m)
+    return mamba2_flops(D, m)
+
+
+MIXER_COMPONENT = {Attention: "attention", LinearAttention: "linear_attention", Mamba2: "ssm"}
+"""The breakdown component each mixer kind's parameters and FLOPs go to."""
 
 
 def router_params(D: int, moe: MoE) -> int:
     """Parameters of one router: a D x E linear layer (plus E biases), and the E per-expert
     score biases when they are parameters (a buffer, ``score_bias_buffer``, counts nothing)."""
     score = moe.experts if (moe.score_bias and not moe.score_bias_buffer) else 0
-    return linear_params(D, moe.experts, moe.router_bias) + score
+    scale = (D + moe.experts) if moe.router_scale else 0  # Gemma 4: the input's scale and each expert's
+    return linear_params(D, moe.experts, moe.router_bias) + score + scale
 
 
 def shared_expert_params(D: int, moe: MoE) -> int:
@@ -203,10 +331,28 @@ def shared_expert_flops(D: int, moe: MoE) -> int:
     return ffn_flops(D, moe.shared) + (matmul_flops(1, D, 1) if moe.shared_gate else 0)
 
 
+def latent_params(D: int, moe: MoE) -> int:
+    """Parameters of a latent MoE's two projections, D -> latent and latent -> D (0 without a latent)."""
+    if not moe.latent:
+        return 0
+    return linear_params(D, moe.latent, moe.latent_bias) + linear_params(moe.latent, D, moe.latent_bias)
+
+
+def expert_params(D: int, moe: MoE) -> int:
+    """Parameters of one routed expert: an FFN on the model's width, or on the latent width."""
+    return ffn_params(moe.latent or D, moe.expert)
+
+
 def moe_flops(D: int, moe: MoE) -> int:
-    """Forward FLOPs per token of one MoE layer: the router (2DE), the k routed experts, and the shared
-    experts. Flat in E but for the router: chapter "Mixture of experts: most parameters rest"."""
-    return matmul_flops(1, D, moe.experts) + moe.top_k * ffn_flops(D, moe.expert) + shared_expert_flops(D, moe)
+    """Forward FLOPs per token of one MoE layer: the router (2DE), the k routed experts (and a latent
+    MoE's two projections), and the shared experts. Flat in E but for the router: chapter
+    "Mixture of experts: most parameters rest"."""
+    return (matmul_flops(1, D, moe.experts) + 2 * (latent_params(D, moe) - _latent_biases(D, moe))
+            + moe.top_k * ffn_flops(moe.latent or D, moe.expert) + shared_expert_flops(D, moe))
+
+
+def _latent_biases(D: int, moe: MoE) -> int:
+    return (moe.latent + D) if moe.latent and moe.latent_bias else 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -257,61 +403,88 @@ def count(spec, seq_len: int = 2048, causal: bool = False) -> Count:
     for a sequence of ``seq_len`` tokens. See the module docstring for the conventions."""
     if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len <= 0:
         raise SpecError(f"seq_len must be a positive integer, got {seq_len!r}")
+    _positive("count", "seq_len", seq_len)
     if isinstance(spec, Transformer):
-        return _count_transformer(spec, seq_len, causal)
-    if isinstance(spec, EmbeddingModel):
-        return _count_embedding_model(spec, seq_len)
-    raise SpecError(f"cannot count a {type(spec).__name__}; expected a Transformer or an EmbeddingModel")
+        c = _count_transformer(spec, seq_len, causal)
+    elif isinstance(spec, EmbeddingModel):
+        c = _count_embedding_model(spec, seq_len)
+    else:
+        raise SpecError(f"cannot count a {type(spec).__name__}; expected a Transformer or an EmbeddingModel")
+    if c.total_params > MAX_PARAMS:
+        raise SpecError(f"the model would store {c.total_params:.3g} parameters, beyond the bound {MAX_PARAMS:.0e} "
+                        "(10,000 times the largest published model): check its sizes")
+    return c
+
+
+def block_parts(D: int, block: Block, norm_params: int, T: int, causal: bool) -> Dict[str, Part]:
+    """One layer's parameters (stored and active) and forward FLOPs per token, by component: its mixer
+    (under :data:`MIXER_COMPONENT`), cross-attention, FFN or MoE (router, routed and shared experts) and
+    its norms. ``causal``: whether its queries see only earlier keys (a decoder layer, counted causally)."""
+    parts: Dict[str, Part] = {}
+
+    def add(name, params=0, active=None, flops=0):
+        parts.setdefault(name, Part()).add(params, active, flops)
+
+    m = block.mixer
+    if m is not None:
+        add(MIXER_COMPONENT[type(m)], mixer_params(D, m), flops=mixer_flops(D, m, T, causal))
+    if block.cross is not None:  # every query sees all T encoder positions
+        add("attention", attention_params(D, block.cross), flops=attention_flops(D, block.cross.shape, T, False))
+    f = block.ffn
+    if isinstance(f, FFN):
+        add("dense_ffn", ffn_params(D, f), flops=ffn_flops(D, f))
+    elif isinstance(f, MoE):
+        add("router", router_params(D, f), flops=matmul_flops(1, D, f.experts))
+        one = expert_params(D, f)
+        add("routed_experts", f.experts * one + latent_params(D, f), active=f.top_k * one + latent_params(D, f),
+            flops=f.top_k * ffn_flops(f.latent or D, f.expert) + 2 * (latent_params(D, f) - _latent_biases(D, f)))
+        add("shared_experts", shared_expert_params(D, f), flops=shared_expert_flops(D, f))
+    add("norms", block.norms * norm_params)
+    return parts
 
 
 def _count_transformer(s: Transformer, T: int, causal: bool) -> Count:
-    D, a = s.width, s.attention
-    parts = {k: Part() for k in ("embedding", "attention", "dense_ffn", "routed_experts",
-                                 "shared_experts", "router", "norms", "head")}
+    D = s.width
+    parts = {k: Part() for k in ("embedding", "attention", "linear_attention", "ssm", "dense_ffn",
+                                 "routed_experts", "shared_experts", "router", "norms", "head")}
+    norm = s.norm.params(D)
     emb_rows = s.vocab * D
     if s.tied:
         parts["embedding"].add(emb_rows)  # read as the LM head too: every row runs
     else:
         parts["embedding"].add(emb_rows, active=D)
-        parts["head"].add(s.vocab * D)
-    parts["head"].flops += matmul_flops(1, D, s.vocab)
-    if s.positions:
-        parts["embedding"].add(s.positions * D, active=D)
-    norm = s.norm.params(D)
-
-    stacks = [(s.layers, s.moe_layers, False)]
-    if s.encoder_decoder:
-        stacks.append((s.encoder_layers, s.encoder_moe_layers, True))
-    for layers, moe_layers, is_encoder in stacks:
-        cross = s.encoder_decoder and not is_encoder
-        if s.relative_buckets:
-            parts["attention"].add(s.relative_buckets * a.heads)
-        parts["norms"].add(norm)  # the stack's final norm
-        for i in range(layers):
-            parts["attention"].add(attention_params(D, a), flops=attention_projection_flops(D, a))
-            window = s.sliding_window if (i in s.sliding_layers and not is_encoder) else 0
-            parts["attention"].flops += attention_score_flops(
-                a, mean_keys(T, causal and not is_encoder, window))
-            sublayers = 2
-            if cross:
-                parts["attention"].add(attention_params(D, a), flops=attention_projection_flops(D, a))
-                parts["attention"].flops += attention_score_flops(a, T)
-                sublayers = 3
-            parts["norms"].add(sublayers * norm)
-            if i in moe_layers:
-                m = s.moe
-                parts["router"].add(router_params(D, m), flops=matmul_flops(1, D, m.experts))
-                one = ffn_params(D, m.expert)
-                parts["routed_experts"].add(m.experts * one, active=m.top_k * one,
-                                            flops=m.top_k * ffn_flops(D, m.expert))
-                parts["shared_experts"].add(shared_expert_params(D, m), flops=shared_expert_flops(D, m))
-            else:
-                parts["dense_ffn"].add(ffn_params(D, s.ffn), flops=ffn_flops(D, s.ffn))
-
-    return _finish(parts, T)
+        parts["head"].add(emb_rows)
+    parts["head"].add(s.vocab if s.head_bias else 0, flops=matmul_flops(1, D, s.vocab))
+    if s.head_transform:  # BERT: dense D x D with bias, then a norm, before the vocabulary
+        parts["head"].add(linear_params(D, D, bias=True) + norm, flops=matmul_flops(1, D, D))
+    for rows in (s.positions, s.token_types):
+        if rows:
+            parts["embedding"].add(rows * D, active=D)
+    if s.embedding_norm:
+        parts["norms"].add(norm)
+    tables = parts["embedding"].params + (0 if s.tied else emb_rows)  # the vocabulary-sized tables so far
+    if s.per_layer_input:  # Gemma 4: a table of L*P per token (one row read), projected from the embedding too
+        LP, P = s.layers * s.per_layer_input, s.per_layer_input
+        parts["embedding"].add(s.per_layer_vocab * LP, active=LP)
+        tables += s.per_layer_vocab * LP
+        ple = parts.setdefault("per_layer_input", Part())
+        ple.add(linear_params(D, LP) + P, flops=matmul_flops(1, D, LP))
+        # and in every layer: a gate D -> P and a projection P -> D, and a norm of D
+        ple.add(s.layers * 2 * D * P, flops=s.layers * 4 * D * P)
+        parts["norms"].add(s.layers * norm)
+    for name, stack in s.stacks:
+        if s.relative_buckets:  # one (buckets x H) table per stack, in its first layer
+            first = stack[0].block.mixer
+            parts["attention"].add(s.relative_buckets * first.heads)
+        if s.final_norm:
+            parts["norms"].add(norm)
+        for run in stack:
+            for k, p in block_parts(D, run.block, norm, T, causal and name == "decoder").items():
+                parts.setdefault(k, Part()).add(p.params * run.repeat, p.active * run.repeat, p.flops * run.repeat)
+    return _finish(parts, T, embedding_params=tables)
 
 
-def _finish(parts: Dict[str, Part], T: int) -> Count:
+def _finish(parts: Dict[str, Part], T: int, embedding_params: int = None) -> Count:
     total = sum(p.params for p in parts.values())
     active = sum(p.active for p in parts.values())
     flops = sum(p.flops for p in parts.values())
@@ -319,7 +492,7 @@ def _finish(parts: Dict[str, Part], T: int) -> Count:
         p.active = _exact(p.active)
         p.flops = _exact(p.flops)
     return Count(total_params=total, active_params=_exact(active),
-                 embedding_params=parts["embedding"].params + parts.get("head", Part()).params,
+                 embedding_params=parts["embedding"].params if embedding_params is None else embedding_params,
                  flops_per_token=_exact(flops), seq_len=T, breakdown=parts)
 
 
@@ -392,20 +565,16 @@ def encoder_decoder_flops(spec: Transformer, input_len: int, target_len: int, ca
     for name, n in (("input_len", input_len), ("target_len", target_len)):
         if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
             raise SpecError(f"{name} must be a positive integer, got {n!r}")
-    D, a, m = spec.width, spec.attention, spec.moe
+    D = spec.width
     parts = {"encoder": 0, "decoder": 0, "router": 0, "head": matmul_flops(target_len, D, spec.vocab)}
-    stacks = (("encoder", spec.encoder_layers, spec.encoder_moe_layers, input_len, input_len),
-              ("decoder", spec.layers, spec.moe_layers, target_len, mean_keys(target_len, causal)))
-    for name, layers, moe_layers, T, keys in stacks:
-        per_token = 0
-        for i in range(layers):
-            per_token += attention_projection_flops(D, a) + attention_score_flops(a, keys)
-            if name == "decoder":
-                per_token += attention_projection_flops(D, a) + attention_score_flops(a, input_len)
-            if i in moe_layers:
-                parts["router"] += T * matmul_flops(1, D, m.experts)
-                per_token += m.top_k * ffn_flops(D, m.expert) + shared_expert_flops(D, m)
-            else:
-                per_token += ffn_flops(D, spec.ffn)
-        parts[name] = T * per_token
+    for name, stack in spec.stacks:
+        T = input_len if name == "encoder" else target_len
+        for run in stack:
+            b = run.block
+            p = block_parts(D, replace(b, cross=None), 0, T, causal and name == "decoder")
+            per_token = sum(x.flops for k, x in p.items() if k != "router")
+            if b.cross is not None:  # every target position reads all the inputs
+                per_token += attention_projection_flops(D, b.cross) + attention_score_flops(b.cross, input_len)
+            parts[name] += run.repeat * T * per_token
+            parts["router"] += run.repeat * T * p["router"].flops if "router" in p else 0
     return {k: _exact(v) for k, v in parts.items()}

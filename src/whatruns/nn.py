@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
-from .spec import FFN, Attention, EmbeddingModel, MoE, Norm, SpecError, Transformer
+from .spec import FFN, Attention, Block, EmbeddingModel, LinearAttention, Mamba2, MoE, Norm, Rope, SpecError, Transformer
 
 STRATEGIES = ("grouped_mm", "loop", "dense", "onehot")
 """How a MoE layer computes its experts (see :class:`MoELayer`); the first is the default."""
@@ -58,19 +58,44 @@ def build(spec, *, seed: int = 0, moe_strategy: str = STRATEGIES[0], capacity_fa
 # ---------------------------------------------------------------------------------------------
 # pieces
 
+class RMSNorm(nn.Module):
+    """RMSNorm computed in float32: x / sqrt(mean(x^2) + eps) times w, or (1 + w) with ``offset`` (Gemma),
+    or no weight at all (``weight=False``: Gemma 4's value norm)."""
+
+    def __init__(self, width: int, eps: float = 1e-6, offset: bool = False, weight: bool = True):
+        super().__init__()
+        self.eps, self.offset = eps, offset
+        self.weight = nn.Parameter(torch.zeros(width) if offset else torch.ones(width)) if weight else None
+
+    def forward(self, x):
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.weight is None:
+            return h.to(x.dtype)
+        if self.offset:
+            return (h * (1.0 + self.weight.float())).to(x.dtype)
+        return self.weight * h.to(x.dtype)
+
+
 def make_norm(norm: Norm, width: int) -> nn.Module:
     if norm.kind == "layernorm":
-        return nn.LayerNorm(width, bias=norm.bias)
-    return nn.RMSNorm(width, eps=1e-6)
+        return nn.LayerNorm(width, bias=norm.bias, eps=1e-5 if norm.eps is None else norm.eps)
+    if norm.offset:
+        return RMSNorm(width, 1e-6 if norm.eps is None else norm.eps, offset=True)
+    return nn.RMSNorm(width, eps=1e-6 if norm.eps is None else norm.eps)
 
 
-def activate(name: str, gate: torch.Tensor, up: torch.Tensor = None) -> torch.Tensor:
-    """The FFN's nonlinearity: ``act(gate) * up`` for a gated FFN, ``act(gate)`` for a plain one."""
+def activate(name: str, gate: torch.Tensor, up: torch.Tensor = None, clamp: float = 0.0) -> torch.Tensor:
+    """The FFN's nonlinearity: ``act(gate) * up`` for a gated FFN, ``act(gate)`` for a plain one; with ``clamp``
+    c, act(gate) clamped to at most c and up to [-c, c] (Step 3.5's SwiGLU limits)."""
+    if clamp:
+        h = activate(name, gate).clamp(max=clamp)
+        return h if up is None else h * up.clamp(-clamp, clamp)
     if name == "swiglu_oai":  # gpt-oss: clamped, x * sigmoid(1.702 x), and (up + 1)
         gate = gate.clamp(max=7.0)
         h = gate * torch.sigmoid(1.702 * gate)
         return h if up is None else h * (up.clamp(-7.0, 7.0) + 1)
-    h = {"silu": F.silu, "relu": F.relu, "gelu": F.gelu,
+    h = {"silu": F.silu, "relu": F.relu, "gelu": F.gelu, "relu2": lambda x: F.relu(x).square(),
          "gelu_tanh": lambda x: F.gelu(x, approximate="tanh")}[name](gate)
     return h if up is None else h * up
 
@@ -80,42 +105,146 @@ class FeedForward(nn.Module):
 
     def __init__(self, D: int, f: FFN):
         super().__init__()
-        self.act = f.activation
+        self.act, self.clamp = f.activation, f.clamp
         self.gate = nn.Linear(D, f.width, bias=f.bias) if f.gated else None
         self.up = nn.Linear(D, f.width, bias=f.bias)
         self.down = nn.Linear(f.width, D, bias=f.bias)
 
     def forward(self, x):
-        h = activate(self.act, self.gate(x), self.up(x)) if self.gate is not None else activate(self.act, self.up(x))
+        h = activate(self.act, self.gate(x), self.up(x), self.clamp) if self.gate is not None \
+            else activate(self.act, self.up(x), clamp=self.clamp)
         return self.down(h)
 
 
 def rotate(x: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
-    """Rotary position embedding over the last dim of ``x`` (..., T, d); elementwise, 0 FLOPs counted."""
-    T, half = x.shape[-2], x.shape[-1] // 2
-    if half == 0:
-        return x
-    freq = base ** (-torch.arange(half, dtype=torch.float32) / half)
-    angle = torch.arange(T, dtype=torch.float32)[:, None] * freq  # broadcast, not a matmul
-    cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
-    x1, x2, rest = x[..., :half], x[..., half:2 * half], x[..., 2 * half:]
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos, rest], dim=-1)
+    """Rotary position embedding over the last dim of ``x`` (..., T, d), positions 0..T-1, the default
+    frequencies; elementwise, 0 FLOPs counted. :class:`Rotary` applies a spec's :class:`~whatruns.spec.Rope`."""
+    return Rotary(Rope(theta=base), x.shape[-1])(x, torch.arange(x.shape[-2]))
 
 
-def relative_buckets(T: int, S: int, buckets: int, bidirectional: bool, max_distance: int = 128):
-    """T5's bucket of each (query, key) offset: exact for small offsets, logarithmic beyond."""
-    rel = torch.arange(S)[None, :] - torch.arange(T)[:, None]
+def rope_frequencies(rope: Rope, dim: int, head_dim: int, seq_len: int = 0):
+    """The inverse frequencies of a :class:`~whatruns.spec.Rope` over ``dim`` rotated features of a head of
+    ``head_dim`` (float32, ``dim // 2`` of them), and the factor its scaling puts on cos and sin -- the
+    formulas of the rope types (linear: Kaiokendev; dynamic NTK; YaRN, Peng et al. 2023; Llama 3.1; LongRoPE;
+    Gemma 4's proportional), as Hugging Face's configs name and parametrise them. ``seq_len``: the context
+    the dynamic and LongRoPE scalings adapt to."""
+    j = torch.arange(0, dim, 2, dtype=torch.int64).float()
+    base, factor = float(rope.theta), float(rope.factor)
+    if rope.scaling == "default":
+        return base ** (-j / dim), 1.0
+    if rope.scaling == "linear":
+        return (1.0 / base ** (j / dim)) / factor, 1.0
+    if rope.scaling == "proportional":  # frequencies of the first dim features, counted over the whole head
+        angles = int(dim // 2)
+        inv = 1.0 / base ** (torch.arange(0, 2 * angles, 2, dtype=torch.int64).float() / head_dim)
+        return inv / factor, 1.0
+    if rope.scaling == "dynamic":
+        max_pos = rope.max_positions or rope.original_positions
+        seq = max(seq_len, max_pos)
+        base = base * ((factor * seq / max_pos) - (factor - 1)) ** (dim / (dim - 2))
+        return 1.0 / base ** (j / dim), 1.0
+    if rope.scaling == "llama3":
+        inv = 1.0 / base ** (j / dim)
+        old = rope.original_positions
+        low_wavelen, high_wavelen = old / rope.low_freq_factor, old / rope.high_freq_factor
+        wavelen = 2 * math.pi / inv
+        scaled = torch.where(wavelen > low_wavelen, inv / factor, inv)
+        smooth = (old / wavelen - rope.low_freq_factor) / (rope.high_freq_factor - rope.low_freq_factor)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+        return torch.where(medium, smoothed, scaled), 1.0
+    if rope.scaling == "longrope":
+        old = rope.original_positions
+        f = factor if factor != 1.0 or not rope.max_positions else rope.max_positions / old
+        attention = rope.attention_factor
+        if attention is None:
+            attention = 1.0 if f <= 1.0 else math.sqrt(1 + math.log(f) / math.log(old))
+        if rope.short_mscale is not None:  # PhiMoE: the short factors whatever the length, a scale by length
+            attention = rope.long_mscale if seq_len > old and rope.long_mscale is not None else rope.short_mscale
+            ext = torch.tensor(rope.short_factor, dtype=torch.float32)
+            return 1.0 / (ext * base ** (j / dim)), attention
+        ext = torch.tensor(rope.long_factor if seq_len > old else rope.short_factor, dtype=torch.float32)
+        return 1.0 / (ext * base ** (j / dim)), attention
+    # yarn
+    def mscale(scale, m=1.0):
+        return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+    attention = rope.attention_factor
+    if attention is None:
+        attention = (mscale(factor, rope.mscale) / mscale(factor, rope.mscale_all_dim)
+                     if rope.mscale and rope.mscale_all_dim else mscale(factor))
+    old = rope.original_positions
+
+    def correction(rotations):
+        return dim * math.log(old / (rotations * 2 * math.pi)) / (2 * math.log(base))
+
+    low, high = correction(rope.beta_fast or 32), correction(rope.beta_slow or 1)
+    if rope.truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    if low == high:
+        high += 0.001
+    ramp = ((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
+    extrapolation = 1 - ramp
+    pos = base ** (j / dim)
+    inv = (1.0 / (factor * pos)) * (1 - extrapolation) + (1.0 / pos) * extrapolation
+    return inv, float(attention)
+
+
+class Rotary(nn.Module):
+    """A :class:`~whatruns.spec.Rope` applied to queries or keys (..., T, head_dim): the first ``dim``
+    features of each head rotated (the two halves against each other; neighbouring pairs first brought
+    together when ``interleaved``), the rest passed through. No parameters; cos and sin come from the
+    positions by broadcasting, so a FLOP counter sees nothing."""
+
+    def __init__(self, rope: Rope, head_dim: int):
+        super().__init__()
+        self.rope, self.head_dim = rope, head_dim
+        self.dim = (head_dim if rope.scaling == "proportional" else rope.dim or head_dim) // 2 * 2  # pairs
+
+    def angles(self, positions: torch.Tensor, dtype, seq_len: int):
+        """cos and sin (..., T, dim) for integer ``positions`` (T,) or (B, T)."""
+        rotated = self.rope.dim if self.rope.scaling == "proportional" else self.dim
+        inv, factor = rope_frequencies(self.rope, rotated, self.head_dim, seq_len)
+        if self.rope.scaling == "proportional" and inv.numel() < self.dim // 2:  # the unrotated pairs: angle 0
+            inv = torch.cat([inv, torch.zeros(self.dim // 2 - inv.numel())])
+        angle = positions.float()[..., None] * inv  # broadcast, not a matmul
+        angle = torch.cat([angle, angle], dim=-1)
+        return (angle.cos() * factor).to(dtype), (angle.sin() * factor).to(dtype)
+
+    def forward(self, x, positions, seq_len: int = 0):
+        d = self.dim
+        if d == 0:
+            return x
+        cos, sin = self.angles(positions, x.dtype, seq_len)
+        if cos.dim() == 3:  # per-sequence positions (B, T, d): one row per sequence, broadcast over heads
+            cos, sin = cos[:, None], sin[:, None]
+        r, rest = x[..., :d], x[..., d:]
+        if self.rope.interleaved:  # (x0, x1), (x2, x3) ... -> [x0, x2, ... | x1, x3, ...]
+            r = r.view(*r.shape[:-1], d // 2, 2).transpose(-1, -2).reshape(r.shape)
+        half = d // 2
+        rotated = torch.cat([-r[..., half:], r[..., :half]], dim=-1)
+        return torch.cat([r * cos + rotated * sin, rest], dim=-1)
+
+
+def relative_buckets(T: int, S: int, buckets: int, bidirectional: bool, max_distance: int = 128, offsets=None):
+    """T5's bucket of each (query, key) offset, as transformers' ``_relative_position_bucket`` computes it:
+    the sign (bidirectional: half the buckets each), then exact for offsets below half of those buckets,
+    logarithmic up to ``max_distance``, the last bucket beyond. ``offsets``: key minus query position, given
+    (default: those of T queries and S keys from position 0). (Degenerate sizes transformers cannot compute --
+    fewer than two buckets a side, ``max_distance`` not above the exact range -- get the nearest sane buckets.)"""
+    rel = torch.arange(S)[None, :] - torch.arange(T)[:, None] if offsets is None else offsets
     n, out = buckets, torch.zeros_like(rel)
     if bidirectional:
-        n = max(buckets // 2, 1)
+        n = buckets // 2
         out = (rel > 0).long() * n
         rel = rel.abs()
     else:
-        rel = (-rel).clamp(min=0)
+        rel = -torch.min(rel, torch.zeros_like(rel))
     exact = max(n // 2, 1)
-    far = exact + (torch.log(rel.float().clamp(min=1) / exact) / math.log(max(max_distance / exact, 2))
-                   * (n - exact)).long()
-    return (out + torch.where(rel < exact, rel, far.clamp(max=n - 1))).clamp(0, buckets - 1)
+    ratio = max_distance / exact if max_distance > exact else 2.0
+    far = exact + (torch.log(rel.float().clamp(min=1) / exact) / math.log(ratio) * (max(n, 2) - exact)).long()
+    return (out + torch.where(rel < exact, rel, far.clamp(max=max(n, 2) - 1))).clamp(0, buckets - 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,77 +252,473 @@ def relative_buckets(T: int, S: int, buckets: int, bidirectional: bool, max_dist
 
 class SelfAttention(nn.Module):
     """MHA / GQA / MQA, or MLA (DeepSeek-V2/V3, computed the naive way: keys and values are
-    expanded from the latent); cross-attention when called with ``source``."""
+    expanded from the latent); cross-attention when called with ``source``. Options of the spec:
+    QK-norm per head or over all heads, a sigmoid output gate, sinks, and a sparse-attention indexer
+    (its top-k keys per query become a mask over all T keys, so the attention's FLOPs are those of
+    T keys, as :func:`whatruns.count.mean_keys` counts without ``causal``). The function follows the
+    spec's rope, softmax scale, soft-cap, value scale and q/k/v clipping; ``norm`` is the model's norm
+    (the QK-norms take its eps and its (1 + w) form)."""
 
-    def __init__(self, D: int, a: Attention, rotary: bool):
+    def __init__(self, D: int, a: Attention, rotary: bool, norm: Norm = Norm()):
         super().__init__()
-        self.a, self.rotary = a, rotary
+        self.a = a
         H, K, dh, dv = a.heads, a.kv_heads, a.head_dim, a.v_head_dim
+        q_out = H * dh * (2 if a.gate == "channel" else 1)
         if a.mla:
             if a.q_lora_rank:
                 self.q_a = nn.Linear(D, a.q_lora_rank, bias=a.bias)
                 self.q_norm = nn.RMSNorm(a.q_lora_rank, eps=1e-6)
-                self.q_b = nn.Linear(a.q_lora_rank, H * dh, bias=False)
+                self.q_b = nn.Linear(a.q_lora_rank, q_out, bias=False)
             else:
-                self.q = nn.Linear(D, H * dh, bias=False)
+                self.q = nn.Linear(D, q_out, bias=False)
             self.kv_a = nn.Linear(D, a.kv_lora_rank + a.rope_head_dim, bias=a.bias)  # latent + rope key
             self.kv_norm = nn.RMSNorm(a.kv_lora_rank, eps=1e-6)
             self.kv_b = nn.Linear(a.kv_lora_rank, H * (dh - a.rope_head_dim + dv), bias=False)
         else:
-            self.q = nn.Linear(D, H * dh, bias=a.bias)
-            self.k = nn.Linear(D, K * dh, bias=a.bias)
-            self.v = nn.Linear(D, K * dv, bias=a.bias)
+            self.q = nn.Linear(D, q_out, bias=a.bias)
+            self.k = nn.Linear(D, K * dh, bias=a.bias) if not a.kv_shared else None
+            self.v = nn.Linear(D, K * dv, bias=a.bias) if not (a.kv_shared or a.values_from_keys) else None
         self.o = nn.Linear(H * dv, D, bias=a.out_bias)
-        self.q_head_norm = nn.RMSNorm(dh, eps=1e-6) if a.qk_norm else None
-        self.k_head_norm = nn.RMSNorm(dh, eps=1e-6) if a.qk_norm else None
+        self.g = nn.Linear(D, H, bias=False) if a.gate == "head" else None
+        norm_q, norm_k = {"head": (dh, dh), "full": (H * dh, K * dh)}.get(a.qk_norm, (0, 0))
+        norm_k = 0 if a.kv_shared else norm_k
+        head_norm = Norm("rmsnorm", eps=norm.eps, offset=norm.offset)
+        self.q_head_norm = make_norm(head_norm, norm_q) if norm_q else None
+        self.k_head_norm = make_norm(head_norm, norm_k) if norm_k else None
         self.sinks = nn.Parameter(torch.zeros(H)) if a.sinks else None
+        self.eps = 1e-6 if norm.eps is None else norm.eps  # the L2 QK-norm's and the value norm's
+        self.v_norm = RMSNorm(dv, self.eps, weight=False) if a.v_norm and not a.kv_shared else None
+        self.rotary = Rotary(a.rope, a.rope_head_dim if a.mla else dh) if rotary and a.rope is not None else None
+        self.indexer = Indexer(D, a, self.rotary) if a.indexer is not None and not a.indexer.shared else None
 
     def heads(self, x, n, d):  # (B, T, n*d) -> (B, n, T, d)
         return x.view(x.shape[0], x.shape[1], n, d).transpose(1, 2)
 
-    def forward(self, x, source=None, mask=None, causal=False):
+    def forward(self, x, source=None, mask=None, causal=False, state=None, positions=None, cache=None):
+        if cache is not None:
+            return self._step(x, positions, cache, state)
         a = self.a
         H, K, dh, dv = a.heads, a.kv_heads, a.head_dim, a.v_head_dim
-        rotary = self.rotary and source is None  # no positions across the encoder/decoder gap
+        B, T = x.shape[:2]
+        rotary = self.rotary if source is None else None  # no positions across the encoder/decoder gap
+        if positions is None:
+            positions = torch.arange(T)
         source = x if source is None else source
+        clip = (lambda t: t.clamp(-a.clip_qkv, a.clip_qkv)) if a.clip_qkv else (lambda t: t)
+        q_latent = None
+        if a.mla:
+            if a.q_lora_rank:
+                q_latent = self.q_norm(self.q_a(x))
+                q = self.q_b(q_latent)
+            else:
+                q = self.q(x)
+        else:
+            q = self.q(x)
+        gate = None
+        if a.gate == "channel":  # each head's query and its gate, side by side
+            q, gate = q.view(B, T, H, 2 * dh).split([dh, dh], dim=-1)
+            q, gate = q.reshape(B, T, H * dh), gate.reshape(B, T, H * dh)
         if a.mla:
             r, nope = a.rope_head_dim, a.head_dim - a.rope_head_dim
-            q = self.q_b(self.q_norm(self.q_a(x))) if a.q_lora_rank else self.q(x)
             q_nope, q_rope = self.heads(q, H, dh).split([nope, r], dim=-1)
             latent, k_rope = self.kv_a(source).split([a.kv_lora_rank, r], dim=-1)
             k_nope, v = self.heads(self.kv_b(self.kv_norm(latent)), H, nope + dv).split([nope, dv], dim=-1)
             k_rope = k_rope.unsqueeze(1)  # one rope key shared by all heads
-            if rotary:
-                q_rope, k_rope = rotate(q_rope), rotate(k_rope)
+            if rotary is not None:
+                q_rope, k_rope = rotary(q_rope, positions, T), rotary(k_rope, positions, T)
             q = torch.cat([q_nope, q_rope], dim=-1)
             k = torch.cat([k_nope, k_rope.expand(-1, H, -1, -1)], dim=-1)
+        elif a.kv_shared:  # keys and values made by an earlier layer of this kind
+            if a.qk_norm == "full":
+                q = self.q_head_norm(q)
+            q = self.heads(q, H, dh)
+            if a.qk_norm == "head":
+                q = self.q_head_norm(q)
+            if rotary is not None:
+                q = rotary(q, positions, T)
+            k, v = state["kv"][a.kv_kind]
         else:
-            q, k, v = self.heads(self.q(x), H, dh), self.heads(self.k(source), K, dh), self.heads(self.v(source), K, dv)
-        if self.q_head_norm is not None:
+            k = self.k(source)
+            v = k if a.values_from_keys else self.v(source)
+            if a.qk_norm == "full":
+                q, k = self.q_head_norm(q), self.k_head_norm(k)
+            q, k, v = clip(q), clip(k), clip(v)  # after a norm over all heads (OLMoE), as DBRX's on the projections
+            q, k, v = self.heads(q, H, dh), self.heads(k, K, dh), self.heads(v, K, dv)
+        if a.qk_norm == "head" and not a.kv_shared:
             q, k = self.q_head_norm(q), self.k_head_norm(k)
-        if rotary and not a.mla:
-            q, k = rotate(q), rotate(k)
-        if self.sinks is not None:
-            out = attend_with_sinks(q, k, v, self.sinks, mask, causal)
+        if rotary is not None and not a.mla and not a.kv_shared:
+            q, k = rotary(q, positions, T), rotary(k, positions, T)
+        if a.qk_l2norm:  # Llama 4: unit-length queries and keys, no weight
+            q = _l2norm(q, self.eps)
+            k = k if a.kv_shared else _l2norm(k, self.eps)
+        if a.temperature:
+            q = _temperature(q, a, positions)
+        if self.v_norm is not None:
+            v = self.v_norm(v)
+        if a.value_scale != 1.0 and not a.kv_shared:
+            v = v * a.value_scale
+        if state is not None and not a.kv_shared and not a.mla and source is x:
+            state.setdefault("kv", {})[a.kv_kind] = (k, v)  # for the layers that share them
+        if self.indexer is not None:
+            mask = self.indexer(x, q_latent, mask, causal, positions=positions)
+            if state is not None:
+                state["sparse_mask"] = mask  # for the shared layers that follow
+        elif a.indexer is not None:  # a shared layer: the keys the last indexer picked
+            mask = state["sparse_mask"]
+        out = attend(q, k, v, mask, causal, scale=a.scale, softcap=a.softcap, sinks=self.sinks)
+        if self.g is not None:  # one gate per head
+            out = out * torch.sigmoid(self.g(x)).transpose(1, 2).unsqueeze(-1)
+        out = out.transpose(1, 2).reshape(B, T, H * dv)
+        if gate is not None:
+            out = out * torch.sigmoid(gate)
+        return self.o(out)
+
+
+def _cached_attention(self, x, positions, cache, state):
+    """Attention of t new tokens at absolute ``positions`` (t,) over the cached keys and their own: the
+    cache (this layer's dict) grows by their keys and values -- K and V; MLA's normalised latent and rotated
+    rope key (attended in the latent space: the query's no-position part absorbed into the key
+    up-projection, the output expanded by the value one); an indexer's keys -- and keeps, for a sliding
+    window or chunks, only the last ``window`` / ``chunk`` positions (the bytes
+    :func:`whatruns.serve.kv_cache_bytes` counts). A layer sharing an earlier layer's keys and values
+    (``kv_shared``) keeps nothing of its own."""
+    a = self.a
+    H, K, dh, dv = a.heads, a.kv_heads, a.head_dim, a.v_head_dim
+    B, t = x.shape[:2]
+    qpos = positions
+    rotary = self.rotary
+    q_latent = None
+    if a.mla:
+        r, nope = a.rope_head_dim, dh - a.rope_head_dim
+        if a.q_lora_rank:
+            q_latent = self.q_norm(self.q_a(x))
+            q = self.q_b(q_latent)
         else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None,
-                                                 enable_gqa=K < H)
-        return self.o(out.transpose(1, 2).reshape(x.shape[0], x.shape[1], H * dv))
+            q = self.q(x)
+        q_nope, q_rope = self.heads(q, H, dh).split([nope, r], dim=-1)
+        latent, k_rope = self.kv_a(x).split([a.kv_lora_rank, r], dim=-1)
+        latent, k_rope = self.kv_norm(latent), k_rope.unsqueeze(1)
+        if rotary is not None:
+            q_rope, k_rope = rotary(q_rope, qpos, int(qpos[-1]) + 1), rotary(k_rope, qpos, int(qpos[-1]) + 1)
+        new = {"latent": latent, "k_rope": k_rope[:, 0]}
+    else:
+        q = self.q(x)
+        gate = None
+        if a.gate == "channel":
+            q, gate = q.view(B, t, H, 2 * dh).split([dh, dh], dim=-1)
+            q, gate = q.reshape(B, t, H * dh), gate.reshape(B, t, H * dh)
+        clip = (lambda z: z.clamp(-a.clip_qkv, a.clip_qkv)) if a.clip_qkv else (lambda z: z)
+        if a.kv_shared:
+            if a.qk_norm == "full":
+                q = self.q_head_norm(q)
+            q = self.heads(clip(q), H, dh)
+            if a.qk_norm == "head":
+                q = self.q_head_norm(q)
+            if rotary is not None:
+                q = rotary(q, qpos, int(qpos[-1]) + 1)
+            if a.qk_l2norm:
+                q = _l2norm(q, self.eps)
+            new = None
+        else:
+            k = self.k(x)
+            v = k if a.values_from_keys else self.v(x)
+            if a.qk_norm == "full":
+                q, k = self.q_head_norm(q), self.k_head_norm(k)
+            q, k, v = self.heads(clip(q), H, dh), self.heads(clip(k), K, dh), self.heads(clip(v), K, dv)
+            if a.qk_norm == "head":
+                q, k = self.q_head_norm(q), self.k_head_norm(k)
+            if rotary is not None:
+                q, k = rotary(q, qpos, int(qpos[-1]) + 1), rotary(k, qpos, int(qpos[-1]) + 1)
+            if a.qk_l2norm:
+                q, k = _l2norm(q, self.eps), _l2norm(k, self.eps)
+            if self.v_norm is not None:
+                v = self.v_norm(v)
+            if a.value_scale != 1.0:
+                v = v * a.value_scale
+            new = {"k": k, "v": v}
+        if a.temperature:
+            q = _temperature(q, a, qpos)
+    if new is None:  # keys and values of the last layer of this kind, as it left them this step
+        keys = state["kv_cache"][a.kv_kind]
+    else:
+        keys = {n: torch.cat([cache[n], val], dim=-2 if n in ("k", "v") else 1) if n in cache else val
+                for n, val in new.items()}
+        keys["positions"] = torch.cat([cache["positions"], qpos]) if "positions" in cache else qpos
+        if state is not None and not a.mla:
+            state.setdefault("kv_cache", {})[a.kv_kind] = dict(keys)  # as this step sees them, untrimmed
+    kpos = keys["positions"]
+    allowed = kpos[None, :] <= qpos[:, None]
+    if a.window:
+        allowed &= qpos[:, None] - kpos[None, :] < a.window
+    if a.chunk:
+        allowed &= qpos[:, None] // a.chunk == kpos[None, :] // a.chunk
+    mask = torch.zeros(allowed.shape, dtype=x.dtype).masked_fill(~allowed, float("-inf"))
+    if a.indexer is not None:
+        if self.indexer is not None:
+            mask = self.indexer(x, q_latent, mask, True, cache=cache, positions=qpos)
+            state["sparse_mask"] = mask
+        else:
+            mask = state["sparse_mask"]
+    if a.mla:
+        W = self.kv_b.weight.view(H, nope + dv, a.kv_lora_rank)
+        q_lat = torch.einsum("bhtn,hnr->bhtr", q_nope, W[:, :nope])  # the query in the latent's space
+        c, kr = keys["latent"].unsqueeze(1), keys["k_rope"].unsqueeze(1)  # (B, 1, S, r), (B, 1, S, rope)
+        scale = a.scale if a.scale is not None else dh ** -0.5
+        scores = (q_lat @ c.transpose(-1, -2) + q_rope @ kr.transpose(-1, -2)) * scale
+        if a.softcap:
+            scores = torch.tanh(scores / a.softcap) * a.softcap
+        p = (scores + mask).softmax(dim=-1)
+        out = torch.einsum("bhtr,hvr->bhtv", p @ c, W[:, nope:])
+    else:
+        out = attend(q, keys["k"], keys["v"], mask, False, scale=a.scale, softcap=a.softcap, sinks=self.sinks)
+    if new is not None:  # keep what later steps can still see
+        keep = a.window or a.chunk
+        for n in keys:
+            if keep and n not in ("index_k",):
+                keys[n] = keys[n][..., -keep:, :] if n in ("k", "v") else keys[n][:, -keep:] if n != "positions" \
+                    else keys[n][-keep:]
+        cache.update({n: val for n, val in keys.items() if n != "index_k"})
+    if self.g is not None:
+        out = out * torch.sigmoid(self.g(x)).transpose(1, 2).unsqueeze(-1)
+    out = out.transpose(1, 2).reshape(B, t, H * dv)
+    if not a.mla and a.gate == "channel":
+        out = out * torch.sigmoid(gate)
+    return self.o(out)
 
 
-def attend_with_sinks(q, k, v, sinks, mask, causal):
-    """Attention with a learned sink logit per head (gpt-oss): the sink joins the softmax and
-    takes some weight, then is dropped. Two matmuls per head, as SDPA's."""
+SelfAttention._step = _cached_attention
+
+
+def _l2norm(x, eps: float = 1e-6):
+    return (x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+def _temperature(q, a: Attention, positions):
+    """Llama 4's attention-temperature tuning: the query at position p times 1 + t * log(1 + floor((p + 1) / f)),
+    queries (B, H, T, d), positions (T,) or (B, T) -- elementwise, 0 FLOPs."""
+    scale = torch.log1p(torch.floor((positions.float() + 1.0) / a.temperature_floor)) * a.temperature + 1.0
+    scale = scale[..., None] if scale.dim() == 1 else scale[:, None, :, None]
+    return (q * scale.to(q.dtype)).to(q.dtype)
+
+
+def attend(q, k, v, mask=None, causal=False, scale=None, softcap=0.0, sinks=None):
+    """Scaled dot-product attention of queries (B, H, T, d) on keys and values (B, K, S, d): SDPA, or,
+    for soft-capped scores or attention sinks, the same two matmuls written out. ``scale`` None is
+    1/sqrt(d); ``mask`` is additive; ``causal`` applies when there is no mask."""
+    if not softcap and sinks is None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None,
+                                              scale=scale, enable_gqa=k.shape[1] < q.shape[1])
     if k.shape[1] < q.shape[1]:
         k, v = (t.repeat_interleave(q.shape[1] // k.shape[1], dim=1) for t in (k, v))
-    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    scores = q @ k.transpose(-1, -2) * (scale if scale is not None else q.shape[-1] ** -0.5)
+    if softcap:
+        scores = torch.tanh(scores / softcap) * softcap
     if mask is not None:
         scores = scores + mask
     elif causal:
         scores = scores.masked_fill(torch.ones_like(scores, dtype=torch.bool).triu(1), float("-inf"))
-    sink = sinks.view(1, -1, 1, 1).expand(scores.shape[0], -1, scores.shape[2], 1)
-    p = torch.cat([scores, sink], dim=-1).softmax(dim=-1)[..., :-1]
+    if sinks is not None:  # gpt-oss: a learned logit per head joins the softmax, then is dropped
+        sink = sinks.view(1, -1, 1, 1).expand(scores.shape[0], -1, scores.shape[2], 1)
+        p = torch.cat([scores, sink], dim=-1).softmax(dim=-1)[..., :-1]
+    else:
+        p = scores.softmax(dim=-1)
     return p @ v
+
+
+class Indexer(nn.Module):
+    """DeepSeek Sparse Attention's lightning indexer: per query, a score for every key -- the sum over
+    Hi heads of w_h * relu(q_h . k / sqrt(di)), q_h from the MLA query latent, one LayerNorm-ed key of di per
+    position, w_h from the input, the first rope_head_dim features of q_h and k rotated by the attention's
+    rope (two halves, or pairs with the spec's ``interleaved``) -- and the mask that keeps each query's
+    ``top_k`` best (visible) keys. FLOPs: its projections, and 2*Hi*(di + 1) per (query, key) pair (two matmuls)."""
+
+    def __init__(self, D: int, a: Attention, rotary: "Rotary" = None):
+        super().__init__()
+        i = a.indexer
+        self.i = i
+        self.wq_b = nn.Linear(a.q_lora_rank, i.heads * i.head_dim, bias=False)
+        self.wk = nn.Linear(D, i.head_dim, bias=False)
+        self.k_norm = nn.LayerNorm(i.head_dim, eps=1e-6)
+        self.weights_proj = nn.Linear(D, i.heads, bias=False)
+        self.rotary = None
+        if rotary is not None:  # the attention's frequencies, over the first rope_head_dim features
+            self.rotary = Rotary(rotary.rope.with_(dim=rotary.dim, interleaved=i.interleaved), i.head_dim)
+
+    def scores(self, x, q_latent, positions=None, cache=None):
+        """Every query's score for every key (B, T, S) (S: the cached keys too), before any mask."""
+        B, T, _ = x.shape
+        i = self.i
+        q = self.wq_b(q_latent).view(B, T, i.heads, i.head_dim)
+        k = self.k_norm(self.wk(x))  # (B, T, di)
+        if self.rotary is not None:
+            if positions is None:
+                positions = torch.arange(T)
+            q = self.rotary(q.transpose(1, 2), positions).transpose(1, 2)
+            k = self.rotary(k.unsqueeze(1), positions)[:, 0]
+        if cache is not None:  # decoding: the keys of every earlier position are cached
+            k = torch.cat([cache["index_k"], k], dim=1) if "index_k" in cache else k
+            cache["index_k"] = k
+        S = k.shape[1]
+        scores = torch.matmul(q.reshape(B, T * i.heads, i.head_dim), k.transpose(1, 2))  # (B, T*Hi, S)
+        scores = F.relu(scores * i.head_dim ** -0.5)
+        w = self.weights_proj(x) * i.heads ** -0.5  # (B, T, Hi)
+        return torch.matmul(w.unsqueeze(2), scores.view(B, T, i.heads, S)).squeeze(2)  # (B, T, S)
+
+    def forward(self, x, q_latent, mask, causal, cache=None, positions=None):
+        B, T, _ = x.shape
+        i = self.i
+        scores = self.scores(x, q_latent, positions, cache)
+        S = scores.shape[-1]
+        base = mask if mask is not None else (_causal_mask(T, x.dtype) if causal else None)
+        if base is not None:  # (T, S); per packed row (B, 1, T, S); per head (H, T, S): what any head sees
+            base = base if base.dim() == 2 else base[:, 0] if base.dim() == 4 else base.amax(dim=0)
+            scores = scores + base
+        keep = scores.topk(min(i.top_k, S), dim=-1).indices
+        sparse = torch.full((B, T, S), float("-inf"), dtype=x.dtype).scatter(-1, keep, 0.0)
+        if base is not None:
+            sparse = sparse + base
+        return sparse.unsqueeze(1)  # (B, 1, T, S): every head reads the same keys
+
+
+def _causal_mask(T: int, dtype) -> torch.Tensor:
+    q, key = torch.arange(T)[:, None], torch.arange(T)[None, :]
+    return torch.zeros(T, T, dtype=dtype).masked_fill(key > q, float("-inf"))
+
+
+def causal_conv(x: torch.Tensor, conv: nn.Conv1d, cache: dict = None, resets: torch.Tensor = None) -> torch.Tensor:
+    """A depthwise causal convolution over time: ``x`` (B, T, C) -> (B, T, C), each position mixing itself
+    and the ``kernel - 1`` before it. Padded on the left only, so the counter sees 2 FLOPs per tap, channel
+    and position -- T positions, no more. With a decoding ``cache``, the padding is the last ``kernel - 1``
+    inputs of earlier steps (``cache["conv"]``, updated). With ``resets`` (B, T; True where a packed sequence
+    starts) each sequence is convolved alone, padded on its own left: the same FLOPs."""
+    k = conv.kernel_size[0]
+    h = x.transpose(1, 2)
+    if cache is None and resets is not None and bool(resets[:, 1:].any()):
+        out = torch.empty_like(h)
+        for b in range(h.shape[0]):
+            starts = [0, *(int(t) for t in resets[b, 1:].nonzero()[:, 0] + 1), h.shape[-1]]
+            for s0, s1 in zip(starts, starts[1:]):
+                out[b:b + 1, :, s0:s1] = conv(F.pad(h[b:b + 1, :, s0:s1], (k - 1, 0)))
+        return out.transpose(1, 2)
+    if cache is None:
+        return conv(F.pad(h, (k - 1, 0))).transpose(1, 2)
+    past = cache.get("conv", h.new_zeros(h.shape[0], h.shape[1], k - 1))
+    h = torch.cat([past, h], dim=-1)
+    cache["conv"] = h[..., h.shape[-1] - (k - 1):]
+    return conv(h).transpose(1, 2)
+
+
+class GatedDeltaNet(nn.Module):
+    """A gated DeltaNet layer (:class:`~whatruns.spec.LinearAttention`), in recurrent form: token by
+    token, each value head reads its dk x dv state S at the key (S^T k), writes the correction
+    beta * (v - S^T k) along k, decays S by exp(g), and answers the query (S^T q). Each of the three
+    is a matmul: 6*dk*dv FLOPs per head and token, whatever the position (chapter "What serving costs").
+    Queries and keys are L2-normalised as the FLA kernels do (x / sqrt(sum x^2 + 1e-6)), the queries then
+    scaled by dk^-1/2; the output is RMS-normalised per value head (the model's eps), times silu(z)."""
+
+    def __init__(self, D: int, m: LinearAttention, eps: float = 1e-6):
+        super().__init__()
+        self.m = m
+        H, Hk, dk, dv = m.heads, m.key_heads, m.key_dim, m.value_dim
+        self.in_proj_qkvz = nn.Linear(D, 2 * Hk * dk + 2 * H * dv, bias=False)
+        self.in_proj_ba = nn.Linear(D, 2 * H, bias=False)
+        C = m.conv_channels
+        self.conv1d = nn.Conv1d(C, C, m.conv, groups=C, bias=False)
+        self.dt_bias = nn.Parameter(torch.ones(H))
+        self.A_log = nn.Parameter(torch.zeros(H))
+        self.norm = nn.RMSNorm(dv, eps=eps)
+        self.out_proj = nn.Linear(H * dv, D, bias=False)
+
+    def forward(self, x, state=None, resets=None, cache=None):
+        m = self.m
+        B, T, _ = x.shape
+        H, Hk, dk, dv = m.heads, m.key_heads, m.key_dim, m.value_dim
+        q, k, v, z = self.in_proj_qkvz(x).split([Hk * dk, Hk * dk, H * dv, H * dv], dim=-1)
+        b, a = self.in_proj_ba(x).split([H, H], dim=-1)
+        q, k, v = activate(m.activation, causal_conv(torch.cat([q, k, v], dim=-1), self.conv1d, cache, resets)).split(
+            [Hk * dk, Hk * dk, H * dv], dim=-1)
+        if cache is not None and "state" in cache:
+            state = cache["state"]
+        rep = H // Hk
+        q = _unit(q.view(B, T, Hk, dk)).repeat_interleave(rep, dim=2) * dk ** -0.5
+        k = _unit(k.view(B, T, Hk, dk)).repeat_interleave(rep, dim=2)
+        v = v.view(B, T, H, dv)
+        beta = torch.sigmoid(b)  # (B, T, H)
+        g = -self.A_log.float().exp() * F.softplus(a.float() + self.dt_bias)  # log decay per head and token
+        S = x.new_zeros(B, H, dk, dv) if state is None else state
+        out = []
+        for t in range(T):
+            if resets is not None and t:  # a packed sequence starts: its state starts empty
+                S = S * (~resets[:, t]).to(x.dtype)[:, None, None, None]
+            S = S * g[:, t].exp().to(x.dtype)[..., None, None]
+            kt, qt = k[:, t].unsqueeze(-1), q[:, t].unsqueeze(-1)  # (B, H, dk, 1)
+            held = torch.matmul(S.transpose(-1, -2), kt).squeeze(-1)  # (B, H, dv): what S holds at k
+            delta = (v[:, t] - held) * beta[:, t, :, None]
+            S = S + torch.matmul(kt, delta.unsqueeze(-2))  # write along k
+            out.append(torch.matmul(S.transpose(-1, -2), qt).squeeze(-1))
+        if cache is not None:
+            cache["state"] = S
+        y = torch.stack(out, dim=1)  # (B, T, H, dv)
+        y = self.norm(y) * F.silu(z.view(B, T, H, dv))
+        return self.out_proj(y.reshape(B, T, H * dv))
+
+
+def _unit(x, eps: float = 1e-6):
+    """x / sqrt(sum(x^2) + eps) over the last dim (the FLA library's l2norm, which transformers follows)."""
+    return x * torch.rsqrt((x * x).sum(dim=-1, keepdim=True) + eps)
+
+
+class Mamba2Mixer(nn.Module):
+    """A Mamba-2 mixer (:class:`~whatruns.spec.Mamba2`), in recurrent form: token by token, each head's
+    head_dim x N state decays by exp(dt * A) and adds dt * x outer B, and the output reads it with C,
+    plus the skip D * x. Two matmuls per head and token: 4*I*N FLOPs, flat in T. The step sizes are
+    softplus(dt + dt_bias), clamped to at least the spec's ``dt_min``; the output is gated by silu(z), then
+    RMS-normalised per group (the model's eps)."""
+
+    def __init__(self, D: int, m: Mamba2, eps: float = 1e-6):
+        super().__init__()
+        self.m, self.eps = m, eps
+        I, G, N, H = m.inner, m.groups, m.state, m.heads
+        self.in_proj = nn.Linear(D, 2 * I + 2 * G * N + H, bias=m.bias)
+        C = m.conv_channels
+        self.conv1d = nn.Conv1d(C, C, m.conv, groups=C, bias=m.conv_bias)
+        self.dt_bias = nn.Parameter(torch.ones(H))
+        self.A_log = nn.Parameter(torch.zeros(H))
+        self.D = nn.Parameter(torch.ones(H))
+        self.norm_weight = nn.Parameter(torch.ones(I))  # the gated RMSNorm, over each group of I/G channels
+        self.out_proj = nn.Linear(I, D, bias=m.bias)
+
+    def forward(self, x, state=None, resets=None, cache=None):
+        m = self.m
+        B, T, _ = x.shape
+        I, G, N, H, P = m.inner, m.groups, m.state, m.heads, m.head_dim
+        z, xbc, dt = self.in_proj(x).split([I, I + 2 * G * N, H], dim=-1)
+        xs, Bm, Cm = activate(m.activation, causal_conv(xbc, self.conv1d, cache, resets)).split(
+            [I, G * N, G * N], dim=-1)
+        if cache is not None and "state" in cache:
+            state = cache["state"]
+        xs = xs.view(B, T, H, P)
+        rep = H // G
+        Bm = Bm.view(B, T, G, N).repeat_interleave(rep, dim=2)  # (B, T, H, N)
+        Cm = Cm.view(B, T, G, N).repeat_interleave(rep, dim=2)
+        dt = F.softplus(dt + self.dt_bias)  # (B, T, H)
+        if m.dt_min:
+            dt = dt.clamp(min=m.dt_min)
+        A = -self.A_log.float().exp()
+        h = x.new_zeros(B, H, P, N) if state is None else state
+        out = []
+        for t in range(T):
+            if resets is not None and t:
+                h = h * (~resets[:, t]).to(x.dtype)[:, None, None, None]
+            h = h * (dt[:, t] * A).exp().to(x.dtype)[..., None, None]
+            h = h + torch.matmul((dt[:, t, :, None] * xs[:, t]).unsqueeze(-1), Bm[:, t].unsqueeze(-2))
+            out.append(torch.matmul(h, Cm[:, t].unsqueeze(-1)).squeeze(-1) + self.D[:, None] * xs[:, t])
+        if cache is not None:
+            cache["state"] = h
+        y = torch.stack(out, dim=1).reshape(B, T, I) * F.silu(z)
+        y = y.view(B, T, G, I // G)
+        y = (y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + self.eps)).reshape(B, T, I) * self.norm_weight
+        return self.out_proj(y)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -205,7 +730,7 @@ class Experts(nn.Module):
 
     def __init__(self, E: int, D: int, f: FFN):
         super().__init__()
-        self.act, F_ = f.activation, f.width
+        self.act, self.clamp, F_ = f.activation, f.clamp, f.width
 
         def weight(n_in, n_out):
             # drawn in (E, in, out) order, the layout the book's recorded runs were made with, so
@@ -227,8 +752,8 @@ class Experts(nn.Module):
             return h if b is None else h + pick(b)
 
         up = linear(x, self.up, self.up_bias)
-        h = activate(self.act, linear(x, self.gate, self.gate_bias), up) if self.gate is not None \
-            else activate(self.act, up)
+        h = activate(self.act, linear(x, self.gate, self.gate_bias), up, self.clamp) if self.gate is not None \
+            else activate(self.act, up, clamp=self.clamp)
         return linear(h, self.down, self.down_bias)
 
     def one(self, e: int, x):
@@ -271,21 +796,27 @@ class MoELayer(nn.Module):
     ``load`` holds the choices per expert and ``dropped`` how many were dropped.
     """
 
-    def __init__(self, D: int, m: MoE, strategy: str, capacity_factor: float = None):
+    def __init__(self, D: int, m: MoE, strategy: str, capacity_factor: float = None, eps: float = 1e-6):
         super().__init__()
-        self.m, self.strategy = m, strategy
+        self.m, self.strategy, self.eps = m, strategy, eps
         self.capacity_factor = capacity_factor if capacity_factor is not None else m.capacity_factor
         self.router = nn.Linear(D, m.experts, bias=m.router_bias)
+        if m.router_scale:  # Gemma 4: the router reads a scaled, normalised input; each expert has a scale
+            self.router_input_scale = nn.Parameter(torch.ones(D))
+            self.per_expert_scale = nn.Parameter(torch.ones(m.experts))
         # DeepSeek-V3's selection bias, set outside gradient descent: a parameter or a buffer, as the spec says
         if m.score_bias and getattr(m, "score_bias_buffer", False):
             self.register_buffer("score_bias", torch.zeros(m.experts))
         else:
             self.score_bias = nn.Parameter(torch.zeros(m.experts), requires_grad=False) if m.score_bias else None
-        self.experts = Experts(m.experts, D, m.expert)
+        De = m.latent or D  # the width the experts work in
+        self.latent_in = nn.Linear(D, m.latent, bias=m.latent_bias) if m.latent else None
+        self.latent_out = nn.Linear(m.latent, D, bias=m.latent_bias) if m.latent else None
+        self.experts = Experts(m.experts, De, m.expert)
         self.shared = FeedForward(D, m.shared) if m.shared is not None else None
         self.shared_gate = nn.Linear(D, 1, bias=False) if m.shared_gate else None
-        if strategy == "grouped_mm" and not _grouped_mm_works(D, m.expert.width):
-            warnings.warn(f"torch._grouped_mm cannot run D={D}, F={m.expert.width} here (on CPU it needs "
+        if strategy == "grouped_mm" and not _grouped_mm_works(De, m.expert.width):
+            warnings.warn(f"torch._grouped_mm cannot run D={De}, F={m.expert.width} here (on CPU it needs "
                           "rows of a multiple of 16 bytes); this layer uses the 'loop' strategy")
             self.strategy = "loop"
         self.aux_loss = self.load = self.dropped = None
@@ -293,26 +824,45 @@ class MoELayer(nn.Module):
     def route(self, x):
         """Each token's k experts ``idx`` (N, k), their weights ``w`` (N, k), and every expert's
         probability ``p`` (N, E) for the balance loss."""
-        m, logits = self.m, self.router(x)
-        scores = torch.sigmoid(logits) if m.router == "sigmoid_topk" else logits.softmax(dim=-1)
+        m = self.m
+        if m.router_scale:
+            xr = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.router_input_scale \
+                * x.shape[-1] ** -0.5
+            logits = self.router(xr)
+        else:
+            logits = self.router(x)
+        if m.router == "sparsemixer":
+            return _sparsemixer(logits, m.router_eps)
+        sigmoid = m.router in ("sigmoid_topk", "topk_sigmoid")
+        scores = torch.sigmoid(logits) if sigmoid else logits.softmax(dim=-1)
         choose = scores if self.score_bias is None else scores + self.score_bias  # selection only
+        if m.groups > 1:  # group-limited: the best group_top_k groups first (DeepSeek-V2/V3, GLM-4.5)
+            choose = _limit_groups(choose, m.groups, m.group_top_k, best=2 if sigmoid else 1)
         idx = choose.topk(m.top_k, dim=-1).indices
         if m.router == "topk_softmax":
             w = logits.gather(1, idx).softmax(dim=-1)
         else:
             w = scores.gather(1, idx)
-            if m.router == "sigmoid_topk":
+            if m.router == "sigmoid_topk" and m.renormalize:
                 w = w / w.sum(dim=-1, keepdim=True)
-        p = scores / scores.sum(dim=-1, keepdim=True) if m.router == "sigmoid_topk" else scores
+        if m.router_scale:
+            w = w * self.per_expert_scale[idx]
+        if m.routed_scale != 1.0:
+            w = w * m.routed_scale
+        p = scores / scores.sum(dim=-1, keepdim=True) if sigmoid else scores
         return idx, w, p
 
-    def forward(self, x):
+    def forward(self, x, segments=None, route_from=None, shared: bool = True):
+        """The layer on ``x`` (..., D). ``segments``: which sequence each token belongs to (the shape of x
+        without D; default: each row of a (B, T, D) input is one), for an ``expert_capacity`` counted per
+        sequence. ``route_from``: what the router reads, if not x (Gemma 4: the layer's input, the experts
+        reading its norm). ``shared=False``: the routed experts' sum alone, without the shared expert."""
         if x.is_meta:
             return self._on_meta(x)
         shape = x.shape
         x = x.reshape(-1, shape[-1])
         N, E, k = x.shape[0], self.m.experts, self.m.top_k
-        idx, w, p = self.route(x)
+        idx, w, p = self.route(x if route_from is None else route_from.reshape(-1, shape[-1]))
         load = torch.bincount(idx.reshape(-1), minlength=E)
         self.load = load
         self.aux_loss = E * ((load.to(p.dtype) / (N * k)) * p.mean(dim=0)).sum()
@@ -320,17 +870,27 @@ class MoELayer(nn.Module):
         expert, token, weight = idx.t().reshape(-1), torch.arange(N).repeat(k), w.t().reshape(-1)
         slot = _rank_within(expert, load)  # a choice's place in its expert's queue
         cap = math.ceil(self.capacity_factor * N * k / E) if self.capacity_factor is not None else None
+        keep = torch.ones_like(expert, dtype=torch.bool)
         if cap is not None:
-            keep = slot < cap
-            self.dropped = int((~keep).sum())
+            keep &= slot < cap
+        if self.m.expert_capacity:  # Switch: per sequence, an expert takes its first expert_capacity tokens
+            if segments is None:
+                seq = torch.arange(math.prod(shape[:-2]) if len(shape) > 2 else 1).repeat_interleave(
+                    shape[-2] if len(shape) > 2 else N)
+            else:  # numbered within each row: made distinct across rows
+                seq = (segments + torch.arange(segments.shape[0])[:, None] * (segments.shape[-1] + 1)).reshape(-1)
+            keep &= _rank_by_token(seq[token] * E + expert, token) < self.m.expert_capacity
+        self.dropped = int((~keep).sum())
+        if self.dropped:
             expert, token, weight, slot = expert[keep], token[keep], weight[keep], slot[keep]
-        else:
-            self.dropped = 0
         strategy = self.strategy
-        if strategy == "grouped_mm" and not _grouped_mm_works(x.shape[1], self.m.expert.width, x.dtype):
+        xe = self.latent_in(x) if self.latent_in is not None else x  # what the experts read
+        if strategy == "grouped_mm" and not _grouped_mm_works(xe.shape[1], self.m.expert.width, x.dtype):
             strategy = "loop"  # e.g. float64, which torch._grouped_mm has no kernel for
-        y = getattr(self, "_" + strategy)(x, expert, token, weight, slot, cap)
-        if self.shared is not None:
+        y = getattr(self, "_" + strategy)(xe, expert, token, weight, slot, cap)
+        if self.latent_out is not None:
+            y = self.latent_out(y)
+        if self.shared is not None and shared:
             s = self.shared(x)
             y = y + (torch.sigmoid(self.shared_gate(x)) * s if self.shared_gate is not None else s)
         return y.view(shape)
@@ -347,7 +907,7 @@ class MoELayer(nn.Module):
         N, E, k = x.shape[0], self.m.experts, self.m.top_k
         self.router(x)
         q, r = divmod(N * k, E)
-        rows = x.repeat(k, 1)
+        rows = (self.latent_in(x) if self.latent_in is not None else x).repeat(k, 1)
         if q:
             self.experts.run(rows[:q * E].reshape(E, q, -1), _bmm, lambda b: b[:, None])
         if r:
@@ -355,6 +915,8 @@ class MoELayer(nn.Module):
         self.aux_loss = self.load = None
         self.dropped = 0
         y = torch.zeros_like(x)
+        if self.latent_out is not None:
+            y = self.latent_out(rows[:N])
         if self.shared is not None:
             s = self.shared(x)
             y = y + (torch.sigmoid(self.shared_gate(x)) * s if self.shared_gate is not None else s)
@@ -365,6 +927,7 @@ class MoELayer(nn.Module):
         # (at small batches most are: the loop then reads only the experts the batch reached)
         order = expert.argsort(stable=True)
         token, weight = token[order], weight[order, None]
+        into = self.m.weight_input
         counts = torch.bincount(expert, minlength=self.m.experts).tolist()
         starts = [0]
         for n in counts:
@@ -374,7 +937,10 @@ class MoELayer(nn.Module):
         def work(experts):  # gather, multiply, weight: each expert writes its own rows of out
             for e in experts:
                 s, t = starts[e], starts[e + 1]
-                out[s:t] = self.experts.one(e, x.index_select(0, token[s:t])) * weight[s:t]
+                if into:  # Llama 4: the weight scales what the expert reads
+                    out[s:t] = self.experts.one(e, x.index_select(0, token[s:t]) * weight[s:t])
+                else:
+                    out[s:t] = self.experts.one(e, x.index_select(0, token[s:t])) * weight[s:t]
 
         chosen = [e for e, n in enumerate(counts) if n]
         if parallel and _can_deal_out(x):
@@ -390,31 +956,65 @@ class MoELayer(nn.Module):
         order = expert.argsort(stable=True)
         expert, token, weight = expert[order], token[order], weight[order]
         offs = torch.bincount(expert, minlength=self.m.experts).cumsum(0).to(torch.int32)
-        out = self.experts.run(x[token], lambda h, W: torch._grouped_mm(h, W.transpose(1, 2), offs=offs),
+        rows = x[token] * weight[:, None] if self.m.weight_input else x[token]
+        out = self.experts.run(rows, lambda h, W: torch._grouped_mm(h, W.transpose(1, 2), offs=offs),
                                lambda b: b[expert])
-        return torch.zeros_like(x).index_add_(0, token, out * weight[:, None])
+        return torch.zeros_like(x).index_add_(0, token, out if self.m.weight_input else out * weight[:, None])
 
     def _dense(self, x, expert, token, weight, slot, cap):
         E = self.m.experts
-        out = self.experts.run(x.expand(E, -1, -1), _bmm, lambda b: b[:, None])  # (E, N, D)
         gates = torch.zeros(E, x.shape[0], dtype=x.dtype).index_put_((expert, token), weight)
+        if self.m.weight_input:  # every expert reads every token, scaled by its weight (0 if not chosen)
+            return self.experts.run(x[None] * gates[..., None], _bmm, lambda b: b[:, None]).sum(dim=0)
+        out = self.experts.run(x.expand(E, -1, -1), _bmm, lambda b: b[:, None])  # (E, N, D)
         return (out * gates[..., None]).sum(dim=0)  # elementwise: the counter sees only the bmm's
 
     def _gather(self, x, expert, token, weight, slot, cap):
         C = cap if cap is not None else int(self.load.max())
         buffers = x.new_zeros(self.m.experts, C, x.shape[1])
-        buffers[expert, slot] = x[token]  # expert e's tokens in rows 0.. of buffer e, zeros after
+        into = self.m.weight_input
+        buffers[expert, slot] = x[token] * weight[:, None] if into else x[token]  # expert e's tokens, zeros after
         out = self.experts.run(buffers, _bmm, lambda b: b[:, None])  # (E, C, D): one bmm per matrix
-        return torch.zeros_like(x).index_add_(0, token, out[expert, slot] * weight[:, None])
+        return torch.zeros_like(x).index_add_(0, token, out[expert, slot] * (1 if into else weight[:, None]))
 
     def _onehot(self, x, expert, token, weight, slot, cap):
         E, N = self.m.experts, x.shape[0]
         C = cap if cap is not None else int(self.load.max())
-        dispatch = torch.zeros(N, E, C, dtype=x.dtype).index_put_((token, expert, slot), torch.ones_like(weight))
-        combine = torch.zeros(N, E, C, dtype=x.dtype).index_put_((token, expert, slot), weight)
+        into = self.m.weight_input
+        dispatch = torch.zeros(N, E, C, dtype=x.dtype).index_put_((token, expert, slot),
+                                                                  weight if into else torch.ones_like(weight))
+        combine = torch.zeros(N, E, C, dtype=x.dtype).index_put_((token, expert, slot),
+                                                                 torch.ones_like(weight) if into else weight)
         buffers = torch.einsum("nec,nd->ecd", dispatch, x)  # a matmul that only moves rows
         out = self.experts.run(buffers, _bmm, lambda b: b[:, None])  # (E, C, D), padding too
         return torch.einsum("nec,ecd->nd", combine, out)
+
+
+def _limit_groups(choose: torch.Tensor, groups: int, keep: int, best: int) -> torch.Tensor:
+    """Scores with every expert outside each token's ``keep`` best groups set to -inf; a group's score is the
+    sum of its ``best`` highest scores (2 for DeepSeek-V3's sigmoid router, 1 -- the max -- for V2's)."""
+    N, E = choose.shape
+    if E % groups:
+        raise ValueError(f"{E} experts do not split into {groups} groups")
+    grouped = choose.view(N, groups, E // groups)
+    score = grouped.topk(min(best, E // groups), dim=-1).values.sum(dim=-1)
+    mask = torch.zeros(N, groups, dtype=torch.bool).scatter(1, score.topk(keep, dim=-1).indices, True)
+    return choose.masked_fill(~mask[..., None].expand(N, groups, E // groups).reshape(N, E), float("-inf"))
+
+
+def _sparsemixer(logits: torch.Tensor, eps: float = 0.01):
+    """PhiMoE's router at inference (sparsemixer): the best expert, weighted by a softmax over the logits
+    within a relative distance 2*eps of its logit; then, with it masked out, the best of the rest, the same
+    way. Returns (idx, w, p) like :meth:`MoELayer.route`, p the plain softmax."""
+    idx, w, masked = [], [], logits
+    for _ in range(2):
+        top = masked.max(dim=-1, keepdim=True)
+        far = (top.values - logits) / logits.abs().clamp(min=top.values) > 2 * eps  # (0 / 0 is not far)
+        weights = masked.masked_fill(far, float("-inf")).softmax(dim=-1)
+        idx.append(top.indices)
+        w.append(weights.gather(1, top.indices))
+        masked = masked.scatter(1, top.indices, float("-inf"))
+    return torch.cat(idx, dim=1), torch.cat(w, dim=1), logits.softmax(dim=-1)
 
 
 def _can_deal_out(x: torch.Tensor) -> bool:
@@ -461,6 +1061,16 @@ def _deal_out(work, experts: list, rows: list):
         raise errors[0]
 
 
+def _rank_by_token(group, token):
+    """For each choice, how many choices of the same ``group`` come from earlier tokens."""
+    order = torch.argsort(group * (int(token.max()) + 1 if len(token) else 1) + token, stable=True)
+    counts = torch.bincount(group)
+    start = counts.cumsum(0) - counts
+    rank = torch.empty_like(group)
+    rank[order] = torch.arange(len(group)) - start[group[order]]
+    return rank
+
+
 def _rank_within(expert, load):
     """For each choice, how many earlier choices went to the same expert."""
     order = expert.argsort(stable=True)
@@ -482,93 +1092,263 @@ def _grouped_mm_works(D: int, F_: int, dtype=torch.float32) -> bool:
 # ---------------------------------------------------------------------------------------------
 # the transformer
 
-class Block(nn.Module):
-    """One pre-norm layer: self-attention, cross-attention (decoder of an encoder-decoder), FFN or MoE."""
+class Layer(nn.Module):
+    """One layer built from a :class:`~whatruns.spec.Block`, pre-norm: its mixer (``attn`` for attention,
+    ``mixer`` for linear attention and Mamba-2), cross-attention (a decoder of an encoder-decoder), then
+    its FFN or MoE (``ffn``); with ``post_norms`` each sublayer's output is normalised too (Gemma).
 
-    def __init__(self, s: Transformer, moe: bool, cross: bool, rotary: bool, strategy: str, capacity_factor):
+    Gemma 4's MoE layers (a MoE with ``router_scale``, whose ``shared`` FFN is the layer's dense FFN) run
+    the two side by side: the dense FFN on the pre-FFN norm, normalised after (``extra_norms[0]``); the
+    router on the layer's input itself, the experts on a second pre-norm (``extra_norms[2]``), normalised
+    after (``extra_norms[1]``); their sum through the post-FFN norm into the residual. With the model's
+    ``layer_scalar``, the layer's output is times a learned scalar (a buffer)."""
+
+    def __init__(self, s: Transformer, b: Block, rotary: bool, strategy: str, capacity_factor):
         super().__init__()
-        D = s.width
-        self.attn_norm, self.attn = make_norm(s.norm, D), SelfAttention(D, s.attention, rotary)
-        self.cross_norm = make_norm(s.norm, D) if cross else None
-        self.cross = SelfAttention(D, s.attention, rotary) if cross else None
-        self.ffn_norm = make_norm(s.norm, D)
-        self.ffn = MoELayer(D, s.moe, strategy, capacity_factor) if moe else FeedForward(D, s.ffn)
+        D, P = s.width, s.per_layer_input
+        eps = 1e-6 if s.norm.eps is None else s.norm.eps
+        self.block = b
+        ffns = [f for f in (b.ffn, getattr(b.ffn, "shared", None)) if isinstance(f, FFN)]
+        self.act = ffns[-1].activation if ffns else "gelu_tanh"
+        if P:  # Gemma 4's per-layer input: gate D -> P, times this layer's input, projected back, normed
+            self.per_layer_gate = nn.Linear(D, P, bias=False)
+            self.per_layer_projection = nn.Linear(P, D, bias=False)
+            self.per_layer_norm = make_norm(s.norm, D)
 
-    def forward(self, x, mask, causal, memory=None):
-        x = x + self.attn(self.attn_norm(x), mask=mask, causal=causal)
+        def norm():
+            return make_norm(s.norm, D)
+
+        self.attn = self.mixer = self.cross = self.ffn = None
+        self.residual_scale, self.post_norm = s.residual_scale, s.post_norm
+        if isinstance(b.mixer, Attention):
+            self.attn_norm, self.attn = norm(), SelfAttention(D, b.mixer, rotary, s.norm)
+        elif isinstance(b.mixer, LinearAttention):
+            self.mixer_norm, self.mixer = norm(), GatedDeltaNet(D, b.mixer, eps)
+        elif isinstance(b.mixer, Mamba2):
+            self.mixer_norm, self.mixer = norm(), Mamba2Mixer(D, b.mixer, eps)
+        if b.cross is not None:
+            self.cross_norm, self.cross = norm(), SelfAttention(D, b.cross, rotary, s.norm)
+        if isinstance(b.ffn, MoE):
+            self.ffn_norm, self.ffn = norm(), MoELayer(D, b.ffn, strategy, capacity_factor, eps)
+        elif isinstance(b.ffn, FFN):
+            self.ffn_norm, self.ffn = norm(), FeedForward(D, b.ffn)
+        self.parallel = isinstance(b.ffn, MoE) and b.ffn.router_scale and b.extra_norms >= 3 and b.post_norms
+        self.post = nn.ModuleList(norm() for _ in range(b.sublayers)) if b.post_norms else None
+        # norms the spec counts beyond those (a layer whose type builds no mixer keeps its norm): held, unused,
+        # but in Gemma 4's MoE layers (see above)
+        self.extra_norms = nn.ModuleList(norm() for _ in range(b.extra_norms)) if b.extra_norms else None
+        if s.layer_scalar:
+            self.register_buffer("layer_scalar", torch.ones(1))
+        else:
+            self.layer_scalar = None
+
+    def forward(self, x, mask, causal, memory=None, state=None, per_layer=None, positions=None, resets=None,
+                cache=None, segments=None, cross_mask=None):
+        post = iter(self.post) if self.post is not None else None
+
+        def sublayer(x, norm, f):
+            """Pre-norm: x + f(norm(x)) (and a post-norm of f's output, with post_norms); BERT's post-norm:
+            norm(x + f(x)). The sublayer's output times the model's residual scale."""
+            if self.post_norm:
+                return norm(x + self.residual_scale * f(x))
+            h = f(norm(x))
+            if post is not None:
+                h = next(post)(h)
+            return x + (h * self.residual_scale if self.residual_scale != 1.0 else h)
+
+        if self.attn is not None:
+            x = sublayer(x, self.attn_norm, lambda h: self.attn(h, mask=mask, causal=causal, state=state,
+                                                                 positions=positions, cache=cache))
+        elif self.mixer is not None:
+            x = sublayer(x, self.mixer_norm, lambda h: self.mixer(h, resets=resets, cache=cache))
         if self.cross is not None:
-            x = x + self.cross(self.cross_norm(x), source=memory)
-        return x + self.ffn(self.ffn_norm(x))
+            x = sublayer(x, self.cross_norm, lambda h: self.cross(h, source=memory, mask=cross_mask))
+        if self.parallel:  # Gemma 4: the dense FFN and the experts side by side
+            post_dense, post_experts, pre_experts = self.extra_norms[:3]
+            h = self.ffn_norm(x)
+            dense = self.ffn.shared(h)
+            if self.ffn.shared_gate is not None:
+                dense = torch.sigmoid(self.ffn.shared_gate(h)) * dense
+            dense = post_dense(dense)
+            experts = post_experts(self.ffn(pre_experts(x), segments=segments, route_from=x, shared=False))
+            x = x + next(post)(dense + experts)
+        elif isinstance(self.ffn, MoELayer):
+            x = sublayer(x, self.ffn_norm, lambda h: self.ffn(h, segments=segments))
+        elif self.ffn is not None:
+            x = sublayer(x, self.ffn_norm, self.ffn)
+        if per_layer is not None:
+            x = x + self.per_layer_norm(self.per_layer_projection(activate(self.act, self.per_layer_gate(x))
+                                                                  * per_layer))
+        if self.layer_scalar is not None:
+            x = x * self.layer_scalar
+        return x
 
 
 class Stack(nn.Module):
-    """The encoder or the decoder: layers, a T5 relative-position bias shared by its layers
-    (if ``relative_buckets``), a final norm."""
+    """The encoder or the decoder: its layers, run by run; a T5 relative-position bias shared by its
+    layers (if ``relative_buckets``); a final norm (unless the spec has none)."""
 
-    def __init__(self, s: Transformer, layers: int, moe_layers, decoder: bool, cross: bool, strategy, capacity_factor):
+    def __init__(self, s: Transformer, runs, decoder: bool, strategy, capacity_factor):
         super().__init__()
         self.s, self.decoder = s, decoder
         rotary = not s.positions and not s.relative_buckets
-        self.blocks = nn.ModuleList(Block(s, i in moe_layers, cross, rotary, strategy, capacity_factor)
-                                    for i in range(layers))
-        self.relative_bias = nn.Embedding(s.relative_buckets, s.attention.heads) if s.relative_buckets else None
-        self.norm = make_norm(s.norm, s.width)
+        self.blocks = nn.ModuleList(Layer(s, r.block, rotary, strategy, capacity_factor)
+                                    for r in runs for _ in range(r.repeat))
+        first = runs[0].block.mixer
+        self.relative_bias = nn.Embedding(s.relative_buckets, first.heads) if s.relative_buckets else None
+        self.norm = make_norm(s.norm, s.width) if s.final_norm else None
 
-    def masks(self, T):
-        """Per layer: an additive (H or 1, T, T) mask, or None for plain (causal) attention."""
-        s, bias = self.s, None
+    def masks(self, T, dtype, segments=None, positions=None):
+        """Per layer: an additive (H or 1, T, T) mask, or None for plain attention (SDPA's is_causal in a
+        decoder). One mask per kind of layer (window, chunk), shared by the layers of that kind. With
+        ``segments`` (B, T) -- several sequences packed in one row, numbered -- a query sees only its own
+        sequence's keys: (B, 1, T, T) masks; chunks then follow each sequence's ``positions`` (B, T)."""
+        bias = None
         if self.relative_bias is not None:
-            buckets = relative_buckets(T, T, s.relative_buckets, bidirectional=not self.decoder)
+            buckets = relative_buckets(T, T, self.s.relative_buckets, bidirectional=not self.decoder,
+                                       max_distance=self.s.relative_max_distance)
             bias = self.relative_bias(buckets).permute(2, 0, 1)  # a lookup: 0 FLOPs
-        masks = []
-        for i in range(len(self.blocks)):
-            if not self.decoder:
-                masks.append(bias)
-                continue
-            if bias is None and i not in s.sliding_layers:
-                masks.append(None)  # SDPA's is_causal
-                continue
-            q, key = torch.arange(T)[:, None], torch.arange(T)[None, :]
-            allowed = key <= q
-            if i in s.sliding_layers:
-                allowed &= q - key < s.sliding_window
-            m = torch.zeros(T, T).masked_fill(~allowed, float("-inf"))
-            masks.append(m if bias is None else bias + m)
+        made, masks = {}, []
+        for layer in self.blocks:
+            a = layer.attn.a if layer.attn is not None else None
+            key = (a.window, a.chunk) if a is not None else None
+            if key not in made:
+                made[key] = self._mask(T, dtype, bias, *(key or (0, 0)), segments=segments, positions=positions)
+            masks.append(made[key])
         return masks
 
-    def forward(self, x, memory=None):
-        for block, mask in zip(self.blocks, self.masks(x.shape[1])):
-            x = block(x, mask.to(x.dtype) if mask is not None else None, self.decoder, memory)
-        return self.norm(x)
+    def _mask(self, T, dtype, bias, window, chunk, segments=None, positions=None):
+        if segments is None and not self.decoder and not window and not chunk:
+            return bias
+        if segments is None and bias is None and not window and not chunk:
+            return None  # SDPA's is_causal
+        q, key = torch.arange(T)[:, None], torch.arange(T)[None, :]
+        allowed = key <= q if self.decoder else torch.ones(T, T, dtype=torch.bool)
+        if window:
+            allowed &= (q - key).abs() < window
+        if chunk and segments is not None and positions is not None and positions.dim() == 2:
+            allowed = allowed & (positions[:, :, None] // chunk == positions[:, None, :] // chunk)
+        elif chunk:
+            allowed &= q // chunk == key // chunk
+        if segments is not None:  # (B, T, T): within one packed sequence only
+            allowed = allowed & (segments[:, :, None] == segments[:, None, :])
+            m = torch.zeros(allowed.shape).masked_fill(~allowed, float("-inf"))[:, None]
+        else:
+            m = torch.zeros(T, T).masked_fill(~allowed, float("-inf"))
+        return (m if bias is None else bias + m).to(dtype)
+
+    def forward(self, x, memory=None, per_layer=None, positions=None, segments=None, cache=None):
+        state = {}  # what one layer leaves for later ones: an indexer's choice of keys, keys and values to share
+        resets = None if segments is None else torch.cat(
+            [torch.ones_like(segments[:, :1], dtype=torch.bool), segments[:, 1:] != segments[:, :-1]], dim=1)
+        masks = self.masks(x.shape[1], x.dtype, segments, positions) if cache is None else [None] * len(self.blocks)
+        cross_mask = None
+        if memory is not None and segments is not None:  # a packed sequence reads its own encoding only
+            cross_mask = torch.zeros(segments.shape + segments.shape[-1:], dtype=x.dtype).masked_fill(
+                segments[:, :, None] != segments[:, None, :], float("-inf"))[:, None]
+        for i, (block, mask) in enumerate(zip(self.blocks, masks)):
+            x = block(x, mask, self.decoder, memory, state, per_layer[:, :, i] if per_layer is not None else None,
+                      positions, resets, None if cache is None else cache.layers.setdefault(i, {}), segments,
+                      cross_mask)
+        return self.norm(x) if self.norm is not None else x
+
+
+class Cache:
+    """What incremental decoding keeps between steps, layer by layer (``layers[i]``, a dict of tensors):
+    attention's keys and values (``k``, ``v``; MLA's ``latent`` and ``k_rope``; an indexer's ``index_k``)
+    with their ``positions``, a recurrent layer's ``state`` and ``conv`` inputs. ``length``: tokens seen.
+    :meth:`Cache.nbytes` is what :func:`whatruns.serve.kv_cache_bytes` counts (positions are bookkeeping, not
+    cache)."""
+
+    def __init__(self):
+        self.length = 0
+        self.layers = {}
+
+    def nbytes(self) -> int:
+        """Bytes the cache holds: every tensor but the positions."""
+        return sum(t.numel() * t.element_size() for layer in self.layers.values() for name, t in layer.items()
+                   if name != "positions")
 
 
 class TransformerLM(nn.Module):
-    """Token ids (B, T) -> logits (B, T, V). An encoder-decoder reads the same ids in both stacks."""
+    """Token ids (B, T) -> logits (B, T, V). An encoder-decoder reads the same ids in both stacks; an
+    encoder alone (BERT) reads them once."""
 
     def __init__(self, s: Transformer, strategy: str = STRATEGIES[0], capacity_factor: float = None):
         super().__init__()
         self.spec = s
         self.embed = nn.Embedding(s.vocab, s.width)
         self.positions = nn.Embedding(s.positions, s.width) if s.positions else None
-        self.encoder = Stack(s, s.encoder_layers, s.encoder_moe_layers, False, False, strategy, capacity_factor) \
-            if s.encoder_decoder else None
-        self.decoder = Stack(s, s.layers, s.moe_layers, True, s.encoder_decoder, strategy, capacity_factor)
+        self.token_types = nn.Embedding(s.token_types, s.width) if s.token_types else None
+        self.embed_norm = make_norm(s.norm, s.width) if s.embedding_norm else None
+        self.encoder = Stack(s, s.encoder, False, strategy, capacity_factor) if s.encoder else None
+        self.decoder = Stack(s, s.blocks, True, strategy, capacity_factor) if s.blocks else None
         self.head = None if s.tied else nn.Linear(s.width, s.vocab, bias=False)
+        self.head_transform = nn.Linear(s.width, s.width) if s.head_transform else None
+        ffns = [r.block.ffn for _, stack in s.stacks for r in stack if isinstance(r.block.ffn, FFN)]
+        self._head_act = ffns[0].activation if ffns else "gelu"  # BERT's transform uses its hidden_act
+        self.head_norm = make_norm(s.norm, s.width) if s.head_transform else None
+        self.head_bias = nn.Parameter(torch.zeros(s.vocab)) if s.head_bias else None
+        P = s.per_layer_input
+        if P:  # Gemma 4's per-layer embeddings: a table of L x P per token, and a projection of the embedding
+            self.per_layer_embed = nn.Embedding(s.per_layer_vocab, s.layers * P)
+            self.per_layer_model_projection = nn.Linear(s.width, s.layers * P, bias=False)
+            self.per_layer_projection_norm = make_norm(Norm("rmsnorm", eps=s.norm.eps), P)
         for mod in self.modules():
             if isinstance(mod, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(mod.weight, std=0.02)
                 if getattr(mod, "bias", None) is not None:
                     nn.init.zeros_(mod.bias)
 
-    def forward(self, ids):
+    def forward(self, ids, positions=None, cache: "Cache" = None):
+        """Logits for token ids (B, T). ``positions`` (B, T), optional: each token's position; where it falls
+        back to 0 a new sequence starts (a padding-free batch: sequences packed in one row, none attending
+        across the boundary, rotary and learned positions restarting). ``cache``: decode incrementally -- the
+        ids are the next T tokens after the ``cache.length`` already seen, whose keys, values and states the
+        :class:`Cache` holds (a prompt first, then a token at a time); the logits equal the full forward's."""
+        segments = None
+        if cache is not None:
+            if positions is not None or self.encoder is not None:
+                raise ValueError("incremental decoding takes a decoder alone, positions following the cache")
+            positions = torch.arange(cache.length, cache.length + ids.shape[1])
+            cache.length += ids.shape[1]
+        elif positions is None:
+            positions = torch.arange(ids.shape[1])
+        else:
+            starts = torch.cat([torch.ones_like(positions[:, :1], dtype=torch.bool),
+                                positions[:, 1:] <= positions[:, :-1]], dim=1)
+            segments = starts.long().cumsum(dim=1)
         x = self.embed(ids)
+        if self.spec.embed_scale != 1.0:  # Gemma: sqrt(D), in the embedding's dtype
+            x = x * torch.tensor(self.spec.embed_scale, dtype=x.dtype)
         if self.positions is not None:
-            if ids.shape[1] > self.positions.num_embeddings:
-                raise ValueError(f"{ids.shape[1]} tokens, but the position table has {self.positions.num_embeddings} rows")
-            x = x + self.positions(torch.arange(ids.shape[1]))
-        memory = self.encoder(x) if self.encoder is not None else None
-        h = self.decoder(x, memory)
-        return F.linear(h, self.embed.weight if self.head is None else self.head.weight)
+            if int(positions.max()) >= self.positions.num_embeddings:
+                raise ValueError(f"position {int(positions.max())}, but the position table has "
+                                 f"{self.positions.num_embeddings} rows")
+            x = x + self.positions(positions)
+        if self.token_types is not None:  # every token of type 0
+            x = x + self.token_types(torch.zeros_like(ids))
+        if self.embed_norm is not None:
+            x = self.embed_norm(x)
+        per_layer = None
+        if self.spec.per_layer_input:
+            L, P = self.spec.layers, self.spec.per_layer_input
+            projected = self.per_layer_projection_norm(
+                (self.per_layer_model_projection(x) * self.spec.width ** -0.5).view(*ids.shape, L, P))
+            per_layer = (projected + self.per_layer_embed(ids).view(*ids.shape, L, P) * P ** 0.5) * 2 ** -0.5
+        h = self.encoder(x, positions=positions, segments=segments) if self.encoder is not None else None
+        if self.decoder is not None:
+            h = self.decoder(x, h, per_layer, positions=positions, segments=segments, cache=cache)
+        if self.head_transform is not None:
+            h = self.head_norm(activate(self._head_act, self.head_transform(h)))
+        logits = F.linear(h, self.embed.weight if self.head is None else self.head.weight)
+        if self.head_bias is not None:
+            logits = logits + self.head_bias
+        if self.spec.logit_scale != 1.0:
+            logits = logits * self.spec.logit_scale
+        if self.spec.logit_softcap:
+            logits = torch.tanh(logits / self.spec.logit_softcap) * self.spec.logit_softcap
+        return logits
 
     def moe_layers(self):
         return [m for m in self.modules() if isinstance(m, MoELayer)]
