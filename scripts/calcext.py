@@ -47,14 +47,14 @@ def _record_hash(data: bytes) -> str:
 
 def build_wheel(out_dir: pathlib.Path, root: pathlib.Path = ROOT) -> pathlib.Path:
     """A pure-Python wheel (PEP 427) of the package in ``root/src``, as ``pyproject.toml`` describes it: every
-    module, the catalog's JSON files, metadata with the declared dependencies (which the page does not install:
+    module, its JSON data (the catalog, the accelerators), metadata with the declared dependencies (which the page does not install:
     the counting path imports neither torch nor numpy). Entries are sorted and dated 1980, so the same sources
     give the same bytes."""
     meta = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     name, version = meta["name"], meta["version"]
     src = root / "src" / name
     files = sorted(p for p in src.rglob("*") if p.is_file() and "__pycache__" not in p.parts
-                   and (p.suffix == ".py" or (p.suffix == ".json" and p.parent.name == "catalog")))
+                   and p.suffix in (".py", ".json"))
     dist = f"{name}-{version}.dist-info"
     metadata = "\n".join(
         ["Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}", f"Summary: {meta.get('description', '')}",

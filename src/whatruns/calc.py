@@ -90,17 +90,6 @@ def options() -> dict:
     return {"active_conventions": list(ACTIVE_CONVENTIONS)}
 
 
-def _batch_option() -> bool:
-    """Whether ``whatruns count`` takes ``--batch`` (then the page passes the batch on to it)."""
-    global _HAS_BATCH
-    if _HAS_BATCH is None:
-        _HAS_BATCH = "--batch" in run(["count", "--help"])[1]
-    return _HAS_BATCH
-
-
-_HAS_BATCH = None
-
-
 def _positive(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise SpecError(f"{name} must be a positive whole number, got {value!r}")
@@ -108,13 +97,14 @@ def _positive(name: str, value) -> int:
 
 
 def _argv(source: str, variant, seq_len, batch: int) -> list:
-    """``whatruns count SOURCE --json`` with the page's settings."""
+    """``whatruns count SOURCE --json`` with the page's settings (``--batch`` only where B is not the command
+    line's default of 1, so the command shown is the one a reader would type)."""
     argv = ["count", source, "--json"]
     if variant:
         argv += ["--variant", variant]
     if seq_len is not None:
         argv += ["--seq-len", seq_len]
-    if _batch_option():
+    if batch != 1:
         argv += ["--batch", batch]
     return argv
 
