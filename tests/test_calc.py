@@ -14,7 +14,7 @@ import zipfile
 import pytest
 
 import whatruns
-from whatruns import calc, catalog
+from whatruns import calc, catalog, serve
 from whatruns.count import experts_touched
 from whatruns.spec import SpecError
 
@@ -48,6 +48,12 @@ def test_changing_e_and_k_counts_the_changed_spec():
     one, two = calc.report("mixtral-8x7b", experts=8)["count"], calc.report("mixtral-8x7b", experts=16)["count"]
     parts = lambda c: c["breakdown"]["routed_experts"]  # noqa: E731
     assert parts(two)["params"] == 2 * parts(one)["params"] and parts(two)["active"] == parts(one)["active"]
+    # and doubles their bytes as stored; the KV cache follows the batch, not E
+    stored = lambda c: c["weight_bytes"]["by_component"]["routed_experts"]  # noqa: E731
+    assert stored(two) == 2 * stored(one) and two["kv_cache_bytes"] == one["kv_cache_bytes"]
+    assert r["count"]["kv_cache_bytes"]["total"] == 8 * serve.kv_cache_bytes(base, 4096).total
+    assert r["readable"]["count"]["weight_bytes"]["total"]["short"].endswith(" GB")
+    assert r["readable"]["count"]["kv_cache_bytes"]["seq_len"]["short"] == "4,096"
     # giving E and k their loaded values is no change: the command line counts the catalog entry itself
     same = calc.report("mixtral-8x7b", experts=8, top_k=2)
     assert not same["changed"] and same["count"] == calc.report("mixtral-8x7b")["count"]

@@ -36,6 +36,18 @@
     experts_per_layer: "Experts per MoE layer (E)",
     experts_per_layer_one_token: "Experts one token runs, per layer (k)",
     experts_per_layer_decoding_batch: "Distinct experts a decoding step reads, per layer",
+    kv_cache_bytes: "KV cache, bytes (B sequences of T tokens)",
+    weight_bytes: "Weights as the checkpoint stores them, bytes",
+    total: "total",
+    scheme: "scheme",
+    by_component: "by component",
+    by_format: "by format",
+    quantized_elements: "quantized elements",
+    bytes_per_element: "bytes per cached element",
+    mla: "MLA cached as",
+    mla_latent: "MLA latent",
+    mla_expanded: "MLA expanded (for comparison)",
+    weight_bytes_unknown: "Weights as stored: not counted",
   };
   const label = (key) => LABELS[key] || key.replace(/_/g, " ");
 
@@ -169,14 +181,42 @@
       } else if (isTable(value)) {
         parts.append(componentTable(key, value, readable[key]));
       } else if (isObject(value)) {
-        const sub = document.createElement("table");
-        sub.className = "calc-table";
-        for (const [k, v] of Object.entries(value)) {
-          if (isNumber(v)) sub.append(row(label(k), cell(`${key}.${k}`, v, readable[key][k])));
-        }
-        parts.append(sub);
+        parts.append(heading(key), fieldTable(key, value, readable[key]));
+      } else if (typeof value === "string" && key.endsWith("_unknown")) {
+        const note = document.createElement("p");
+        note.className = "calc-note";
+        note.dataset.key = key;
+        note.textContent = value;
+        parts.append(heading(key), note);
       }
     }
+  }
+  // A field that holds fields (the weights' and the KV cache's bytes): its name, then one row per number or word
+  // in it, nested fields named by their path ("by component: attention").
+  function heading(key) {
+    const p = document.createElement("p");
+    p.className = "calc-heading calc-sub";
+    p.textContent = label(key);
+    return p;
+  }
+  function fieldTable(key, value, readable) {
+    const table = document.createElement("table");
+    table.className = "calc-table";
+    table.dataset.key = key;
+    const add = (path, name, v, r) => {
+      if (isNumber(v)) {
+        table.append(row(name, cell(path, v, r)));
+      } else if (typeof v === "string") {
+        const td = document.createElement("td");
+        td.className = "calc-word";
+        td.textContent = v;
+        table.append(row(name, td));
+      } else if (isObject(v)) {
+        for (const [k, w] of Object.entries(v)) add(`${path}.${k}`, `${name}: ${label(k)}`, w, r[k]);
+      }
+    };
+    for (const [k, v] of Object.entries(value)) add(`${key}.${k}`, label(k), v, readable[k]);
+    return table;
   }
   function componentTable(key, rows, readable) {
     const table = document.createElement("table");

@@ -182,18 +182,26 @@ def _per_step(counted: dict, spec, batch: int) -> dict:
     return out
 
 
-def _readable(tree):
+_NOT_BYTES = {"seq_len", "batch", "bytes_per_element"}
+
+
+def _readable(tree, in_bytes: bool = False):
     """The same tree with every number as the page prints it, ``{"exact": "46,702,792,704", "short": "46.7B",
-    "json": "46702792704"}`` (JavaScript's numbers hold integers exactly only up to 2^53; this text holds all)."""
+    "json": "46702792704"}`` (JavaScript's numbers hold integers exactly only up to 2^53; this text holds all).
+    Under a ``..._bytes`` field, the numbers are bytes, and their short form says so ("263 GB"), except the
+    settings and element counts beside them (``seq_len``, ``batch``, ``bytes_per_element``, ``..._elements``)."""
     if isinstance(tree, dict):
-        return {k: _readable(v) for k, v in tree.items()}
+        return {k: _readable(v, (in_bytes or k.endswith("bytes")) and k not in _NOT_BYTES
+                             and not k.endswith("_elements")) for k, v in tree.items()}
     if isinstance(tree, bool) or not isinstance(tree, (int, float)):
         return tree
     if float(tree).is_integer():
         exact = f"{int(tree):,}"
     else:
         exact = f"{tree:,.6g}" if abs(tree) >= 1 else f"{tree:.4g}"
-    if abs(tree) >= 10_000:
+    if in_bytes and float(tree).is_integer():
+        short = units.human_bytes(tree) if abs(tree) >= 1000 else exact
+    elif abs(tree) >= 10_000:
         short = units.human(tree)
     else:
         short = f"{tree:.2%}" if 0 < abs(tree) < 1 else exact

@@ -33,7 +33,7 @@ Bad input raises :class:`~whatruns.spec.SpecError` with a one-line message.
 Attention patterns that change FLOPs but not parameters -- sliding windows, Llama 4's chunked layers -- are
 carried into each layer's ``Attention.window`` / ``chunk``; what changes neither but the function (rope, norms'
 eps and form, softmax scales, soft-caps, routers' details, clamps) into the spec's function fields, model type
-by model type (:data:`FUNCTIONS`, :func:`_model_function`): ``whatruns.weights.from_transformers`` then gives
+by model type (:data:`FUNCTIONS`, ``_model_function``): ``whatruns.weights.from_transformers`` then gives
 transformers' logits (tests/test_weights.py).
 """
 
@@ -1533,7 +1533,7 @@ FUNCTIONS: Dict[str, Function] = {
 }
 """Per model type, what its function reads besides the counts (rope, norms' eps and form; see :class:`Function`):
 every type of :data:`SUPPORTED`. The rest of the function -- scales, soft-caps, routers' details -- is
-:func:`_model_function`'s, or the reader's where it differs layer by layer (Llama 4, Step 3.5)."""
+``_model_function``'s, or the reader's where it differs layer by layer (Llama 4, Step 3.5)."""
 
 
 def rope_from(params: dict, head_dim: int, max_positions: int, interleaved: bool = False,
