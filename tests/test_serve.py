@@ -554,6 +554,21 @@ def test_fp8_checkpoints_compute_in_fp8():
     assert decode_step(catalog.spec("gpt-oss-120b"), "h100").compute == "bfloat16"  # MXFP4 is weight-only
 
 
+def test_a_machine_of_ones_own_prices_its_own_dtype():
+    """An Accelerator built from measurements (chapter 9 measures this CPU in fp32) prices the arithmetic at the
+    dtype asked for, and a dtype it has no peak for is one clear error, not a KeyError."""
+    from whatruns.serve import Accelerator
+    cpu = Accelerator("cpu", "this CPU", 24 * 2 ** 30, 10e9, {"float32": 20e9}, ("measured",))
+    s = catalog.spec("mixtral-8x7b").with_(storage=Storage("float32"))
+    d = decode_step(s, cpu, batch=1, context=64, compute="float32")
+    assert d.compute == "float32" and d.time == max(d.flops / 20e9, d.bytes / 10e9) and d.bound == "memory"
+    assert cpu.ridge == 2.0
+    with pytest.raises(SpecError, match="compute 'bfloat16': this CPU has a peak for 'float32' only"):
+        decode_step(s, cpu, batch=1, context=64)
+    with pytest.raises(SpecError, match="compute 'float16': H100 SXM has a peak for 'bfloat16', 'float8' only"):
+        decode_step(s, "h100", compute="float16")
+
+
 def test_what_fits():
     s = catalog.spec("gpt-oss-120b")
     b = max_batch(s, "h100", T)

@@ -505,9 +505,9 @@ def attend(q, k, v, mask=None, causal=False, scale=None, softcap=0.0, sinks=None
     """Scaled dot-product attention of queries (B, H, T, d) on keys and values (B, K, S, d): SDPA, or,
     for soft-capped scores or attention sinks, the same two matmuls written out. ``scale`` None is
     1/sqrt(d); ``mask`` is additive; ``causal`` applies when there is no mask."""
-    if not softcap and sinks is None:
+    if not softcap and sinks is None:  # enable_gqa a bool under jit tracing too (fvcore traces, whose shapes are tensors)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None,
-                                              scale=scale, enable_gqa=k.shape[1] < q.shape[1])
+                                              scale=scale, enable_gqa=bool(k.shape[1] < q.shape[1]))
     if k.shape[1] < q.shape[1]:
         k, v = (t.repeat_interleave(q.shape[1] // k.shape[1], dim=1) for t in (k, v))
     scores = q @ k.transpose(-1, -2) * (scale if scale is not None else q.shape[-1] ** -0.5)

@@ -1044,8 +1044,9 @@ class Accelerator:
 
     @property
     def ridge(self) -> float:
-        """FLOPs per byte at which bf16 compute and memory take equal time (the roofline's ridge point)."""
-        return self.peak["bfloat16"] / self.bandwidth
+        """FLOPs per byte at which bf16 compute (or, on a machine with no bf16 peak, its fastest) and memory take
+        equal time (the roofline's ridge point)."""
+        return self.peak.get("bfloat16", max(self.peak.values())) / self.bandwidth
 
 
 _DATA = Path(__file__).resolve().parent / "accelerators.json"
@@ -1145,13 +1146,18 @@ class Step:
                 "time_s": self.time, "bound": self.bound, "tokens_per_second": self.tokens_per_second}
 
 
-def _compute_dtype(spec, compute: Optional[str]) -> str:
-    """bf16 math unless the checkpoint quantizes activations to fp8 too (fp8 and ModelOpt FP8 schemes,
-    compressed-tensors float input activations)."""
-    if compute is not None:
-        if compute not in ("bfloat16", "float8"):
-            raise SpecError(f"compute must be 'bfloat16' or 'float8', got {compute!r}")
-        return compute
+def _compute_dtype(spec, compute: Optional[str], hw: Accelerator) -> str:
+    """The dtype whose peak prices the arithmetic: ``compute`` if given (one of ``hw.peak``'s, e.g. ``float32``
+    for a CPU measured in fp32); else bf16 math unless the checkpoint quantizes activations to fp8 too (fp8 and
+    ModelOpt FP8 schemes, compressed-tensors float input activations)."""
+    chosen = compute if compute is not None else _default_compute(spec)
+    if chosen not in hw.peak:
+        known = ", ".join(repr(k) for k in hw.peak)
+        raise SpecError(f"compute {chosen!r}: {hw.name} has a peak for {known} only")
+    return chosen
+
+
+def _default_compute(spec) -> str:
     q = spec.storage.quantization_config if isinstance(spec, Transformer) else None
     if not q:
         return "bfloat16"
@@ -1286,7 +1292,7 @@ def decode_step(spec, hardware="h100", batch: int = 1, context: int = 4096, *, k
     wb = weights if weights is not None else weight_bytes(s)
     kv = kv_cache_bytes(s, context, batch, kv_dtype, mla).total
     return Step("decode", batch, context, batch, batch * decode_flops(s, context, mla), _read_bytes(s, wb, batch, True),
-                kv, hw, _compute_dtype(s, compute), devices)
+                kv, hw, _compute_dtype(s, compute, hw), devices)
 
 
 def prefill(spec, hardware="h100", batch: int = 1, prompt: int = 4096, *, kv_dtype="bfloat16", mla: str = "latent",
@@ -1309,7 +1315,7 @@ def prefill(spec, hardware="h100", batch: int = 1, prompt: int = 4096, *, kv_dty
     flops = batch * prompt * count(spec, seq_len=prompt, causal=True).flops_per_token
     kv = kv_cache_bytes(spec, prompt, batch, kv_dtype, mla).total if spec.blocks else 0
     return Step("prefill", batch, prompt, batch * prompt, flops, _read_bytes(spec, wb, batch * prompt, False), kv, hw,
-                _compute_dtype(spec, compute), devices)
+                _compute_dtype(spec, compute, hw), devices)
 
 
 # ---------------------------------------------------------------------------------------------
