@@ -19,7 +19,7 @@ from test_nn import FAMILIES
 from test_nn import transformers as nn_transformers
 from whatruns import catalog, count, load
 from whatruns.count import experts_touched
-from whatruns.serve import (ACCELERATORS, KV_KINDS, accelerator, check_fits, decode_flops, decode_step,
+from whatruns.serve import (ACCELERATORS, weight_bytes_read, KV_KINDS, accelerator, check_fits, decode_flops, decode_step,
                             devices_needed, kv_cache_bytes, kv_crossover, max_batch, max_context, memory_needed,
                             prefill, weight_bytes, weight_tensors)
 from whatruns.spec import (FFN, Attention, Block, Indexer, LinearAttention, Mamba2, MoE, Norm, Run, SpecError,
@@ -552,6 +552,21 @@ def test_prefill_is_compute_bound_and_decode_memory_bound():
 def test_fp8_checkpoints_compute_in_fp8():
     assert decode_step(catalog.spec("deepseek-v3"), "h200", devices=8).compute == "float8"
     assert decode_step(catalog.spec("gpt-oss-120b"), "h100").compute == "bfloat16"  # MXFP4 is weight-only
+
+
+def test_weight_bytes_read_is_what_a_decode_step_reads():
+    for name in ("mixtral-8x7b", "gpt-oss-120b", "deepseek-v3"):
+        s = catalog.spec(name)
+        for B in (1, 16):
+            assert weight_bytes_read(s, B) == decode_step(s, "h200", batch=B, context=64).weight_bytes
+    # gpt-oss: one token reads 4 of 128 experts per layer, MXFP4 blocks and scales as stored
+    s = catalog.spec("gpt-oss-120b")
+    wb = weight_bytes(s)
+    experts = wb.where(lambda t: t.expert)
+    assert weight_bytes_read(s, 1) == pytest.approx(wb.total - experts * (1 - 4 / 128)
+                                                    - wb.where(lambda t: t.role == "embedding") * (1 - 1 / s.vocab))
+    with pytest.raises(SpecError, match="tokens must be"):
+        weight_bytes_read(s, 0)
 
 
 def test_a_machine_of_ones_own_prices_its_own_dtype():

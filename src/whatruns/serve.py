@@ -34,7 +34,7 @@ from .spec import (BOUNDS, FFN, Attention, Block, EmbeddingModel, LinearAttentio
 
 __all__ = ["Tensor", "weight_tensors", "WeightBytes", "weight_bytes", "KVCache", "KV_KINDS", "kv_cache_bytes",
            "cached_tokens", "attention_cache_elements", "linear_attention_state", "mamba2_state", "Accelerator",
-           "ACCELERATORS", "accelerator", "Step", "decode_flops", "decode_step", "prefill", "memory_needed",
+           "ACCELERATORS", "accelerator", "Step", "weight_bytes_read", "decode_flops", "decode_step", "prefill", "memory_needed",
            "max_batch", "max_context", "check_fits", "devices_needed", "kv_crossover", "dtype_bytes", "DTYPE_BYTES",
            "SCHEMES"]
 
@@ -1237,6 +1237,17 @@ def decode_flops(spec, context: int, mla: str = "latent") -> float:
             n += moe_flops(D, b.ffn)
         total += run.repeat * n
     return total
+
+
+def weight_bytes_read(spec, tokens: int = 1, *, weights: Optional[WeightBytes] = None, decoding: bool = True) -> float:
+    """Bytes of weights, as the checkpoint stores them (:func:`weight_bytes`, or ``weights``), that one step
+    over ``tokens`` tokens reads: every tensor once, but of each MoE layer's routed experts only the distinct
+    experts the tokens reach under uniform routing, of an untied embedding only the rows read, and, decoding an
+    encoder-decoder, none of the encoder's. ``tokens=1``: what one token reads (chapter "What FLOPs don't
+    count"); :func:`decode_step` reads this for its batch."""
+    s = _decoder(spec) if decoding else spec
+    _positive("weight_bytes_read", "tokens", tokens)
+    return _read_bytes(s, weights if weights is not None else weight_bytes(s), tokens, decoding)
 
 
 def _read_bytes(spec, wb: WeightBytes, tokens: int, decoding: bool) -> float:
