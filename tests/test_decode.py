@@ -92,11 +92,16 @@ def test_decoding_step_by_step_equals_the_full_pass_and_holds_the_counted_bytes(
         full = model(ids)
         cache = Cache()
         steps = [model(ids[:, :3], cache=cache)]  # the prompt
+        held = cache.nbytes()
+        fork = cache.fork()  # a continuation of the prompt that leaves the cache as it is
+        forked = [model(ids[:, 3:4], cache=fork), model(ids[:, 4:5], cache=fork)]
+        assert cache.nbytes() == held and cache.length == 3 and fork.length == 5
         for t in range(3, 7):  # then one token at a time
             steps.append(model(ids[:, t:t + 1], cache=cache))
             assert cache.nbytes() == kv_cache_bytes(spec, t + 1, batch=2, dtype="float32").total
     got = torch.cat(steps, dim=1)
     assert float((got - full).abs().max()) <= 1e-5 * float(full.abs().max())
+    assert torch.equal(torch.cat(forked, dim=1), got[:, 3:5])
     assert cache.length == 7
 
 

@@ -1264,6 +1264,15 @@ class Cache:
         self.length = 0
         self.layers = {}
 
+    def fork(self) -> "Cache":
+        """A cache that continues from this one and leaves it as it is: decoding appends to the fork (each step
+        stores new tensors, never writes into the old ones, so the tensors are shared, not copied). To time or
+        compare several continuations of one prompt."""
+        other = Cache()
+        other.length = self.length
+        other.layers = {i: dict(layer) for i, layer in self.layers.items()}
+        return other
+
     def nbytes(self) -> int:
         """Bytes the cache holds: every tensor but the positions."""
         return sum(t.numel() * t.element_size() for layer in self.layers.values() for name, t in layer.items()
