@@ -55,6 +55,7 @@ import pathlib
 import re
 import shutil
 import sys
+import textwrap
 import time
 
 import jinja2
@@ -537,8 +538,13 @@ PRE_FONT = (13, 24)  # smallest and largest font size, px; monospace advance ~0.
 
 
 def _pre(text: str) -> str:
-    """Printed text at the largest font size (within PRE_FONT) at which its longest line and all its lines fit."""
-    lines = text.rstrip().splitlines() or [""]
+    """Printed text at the largest font size (within PRE_FONT) at which its longest line and all its lines fit; a
+    line too long for the slide even at the smallest size is wrapped, its continuation indented."""
+    most = int(PRE_WIDTH / (0.61 * PRE_FONT[0]))   # characters a line holds at the smallest size
+    wrap = textwrap.TextWrapper(width=most, subsequent_indent="    ", break_long_words=True, break_on_hyphens=False)
+    lines = [part for line in text.rstrip().splitlines() for part in (wrap.wrap(line) if len(line) > most else [line])]
+    lines = lines or [""]
+    text = "\n".join(lines)
     widest = max(len(line) for line in lines)
     size = min(PRE_FONT[1], PRE_WIDTH / (0.61 * max(widest, 1)), PRE_HEIGHT / (1.3 * len(lines)))
     size = max(PRE_FONT[0], int(size))

@@ -223,7 +223,7 @@ def read_bandwidth(nbytes: int = 2 ** 27, repeats: int = 7, rows: int = 8192) ->
 
 def cpu_name() -> str:
     """This machine's processor as the OS names it (``/proc/cpuinfo``'s ``model name`` on Linux; else
-    :func:`platform.processor`), with torch's kernel capability: ``"AMD EPYC 7B13 (torch kernels: AVX2)"``. For
+    ``platform.processor()``), with torch's kernel capability: ``"AMD EPYC 7B13 (torch kernels: AVX2)"``. For
     the measurements a chapter prints as "on the machine that ran this"."""
     import platform
     name = ""

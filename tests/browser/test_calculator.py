@@ -23,13 +23,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from test_site import CHROMIUM, CHROMIUM_ARGS, ROOT, SHOTS, SITE, _missing, _skip_or_fail
+from test_site import CHROMIUM, CHROMIUM_ARGS, ROOT, SHOTS, SITE, _missing, _skip_or_fail, serving
 
 PAGE = "book/calculator.html"
 BOOT_TIMEOUT_MS = 180_000  # Pyodide starting on a busy two-core machine; a laptop takes a few seconds
@@ -78,12 +77,8 @@ def server():
     if not (SITE / PAGE).exists():
         pytest.fail(f"{PAGE} was not built (make book)")
     _Counting.sent = []
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Counting, directory=str(SITE)))
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    with serving(functools.partial(_Counting, directory=str(SITE))) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

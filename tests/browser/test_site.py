@@ -11,6 +11,7 @@ unless ``WHATRUNS_REQUIRE_BROWSER=1`` (set by ``make test``), which turns a skip
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import html.parser
 import re
@@ -106,13 +107,21 @@ def server():
     reason = _missing()
     if reason:
         _skip_or_fail(reason)
-    handler = functools.partial(_Quiet, directory=str(SITE))
+    with serving(functools.partial(_Quiet, directory=str(SITE))) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def serving(handler):
+    """A local HTTP server for ``handler`` (a request handler bound to a folder) on a free port: its URL."""
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
 
 
 @pytest.fixture(scope="module")
