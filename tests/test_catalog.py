@@ -65,7 +65,7 @@ def test_names_match_files_and_are_sorted():
     assert len(catalog.names()) >= 19
     for must in ("gpt3-175b", "mixtral-8x7b", "deepseek-v3", "qwen3-235b-a22b", "gpt-oss-120b",
                  "llama4-maverick", "dbrx", "switch-c-2048", "switch-xxl", "switch-base-128",
-                 "glam-64b-64e", "dlrm-v2"):
+                 "glam-64b-64e", "gshard-600b", "dlrm-v2"):
         assert must in catalog.names()
 
 
@@ -348,6 +348,22 @@ def test_switch_c_vs_switch_xxl():
     ratio = c.flops_per_token / x.flops_per_token
     assert 1 < ratio / published < 1.2
     assert c.total_params > 3.9 * x.total_params and ratio < 1 / 6
+
+
+def test_gshard():
+    """Table 1: MoE(2048E, 36L), 600B weights. 36 layers of encoder and decoder together (18 + 18), an MoE layer of
+    2048 experts in every other one: 18 x 2048 = 36,864 experts of 2 x 1024 x 8192. The count, 619B, agrees with
+    the one figure printed and is 3% above it; a token runs its best two experts at most."""
+    s, c = catalog.spec("gshard-600b"), counted("gshard-600b", seq_len=1024)
+    assert s.layers == s.encoder_layers == 18 and len(s.moe_layers) == len(s.encoder_moe_layers) == 9
+    experts = (len(s.moe_layers) + len(s.encoder_moe_layers)) * s.moe.experts
+    assert experts == 36_864 == 18 * pub("gshard-600b", "experts_per_layer").value
+    assert s.layers + s.encoder_layers == pub("gshard-600b", "layers").value
+    assert c.breakdown["routed_experts"].params == experts * 2 * 1024 * 8192
+    assert agrees(c.total_params, pub("gshard-600b", "total_params"))
+    assert 1.0 < c.total_params / pub("gshard-600b", "total_params").value < 1.04
+    assert s.moe.top_k == 2 and c.breakdown["routed_experts"].active == 18 * 2 * 2 * 1024 * 8192
+    assert c.active_fraction < 0.003   # two of 2048 experts per MoE layer
 
 
 # ------------------------------------------------------------------------------------------ GLaM
