@@ -25,24 +25,41 @@ from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 from .spec import FFN, Attention, Block, EmbeddingModel, LinearAttention, Mamba2, MoE, Norm, Rope, SpecError, Transformer
 
 STRATEGIES = ("grouped_mm", "loop", "dense", "onehot")
-"""How a MoE layer computes its experts (see :class:`MoELayer`); the first is the default."""
+"""How a MoE layer computes its experts (see :class:`MoELayer`), tabulated one by one in chapter "Mixture of
+experts". :func:`build`'s default is :data:`AUTO`, which picks one per call."""
 SPEED_STRATEGIES = ("threads", "gather")
 """More strategies :func:`build` accepts, compared for speed in chapter "What FLOPs don't count": the loop
-with experts dealt out to threads (the loop's FLOPs) and a padded batch (more). Kept out of
-:data:`STRATEGIES`, which chapter "Mixture of experts" tabulates one by one."""
+with experts dealt out to threads (the loop's FLOPs, forward and backward) and a padded batch (more). Kept
+out of :data:`STRATEGIES`, which chapter "Mixture of experts" tabulates one by one."""
+AUTO = "auto"
+""":func:`build`'s default strategy: per call, the fastest exact one for the situation (see
+:func:`auto_strategy`). Under a FLOP counter it is ``"grouped_mm"``, so a count of a default build is the
+count the book's chapters print."""
 
 
-def build(spec, *, seed: int = 0, moe_strategy: str = STRATEGIES[0], capacity_factor: float = None,
+def auto_strategy(x: torch.Tensor) -> str:
+    """The strategy ``"auto"`` runs on rows ``x``: ``"threads"`` on CPU where nothing per-thread is on (the
+    threaded loop, with its own backward, so in training too: exact, the loop's FLOPs, and the fastest on CPU in
+    the benchmark of chapter "What FLOPs don't count", on one thread as on several); ``"grouped_mm"``
+    anywhere else -- another device, autocast, a jit trace, torch.compile, or a dispatch or function mode such
+    as the FLOP counter, which :mod:`whatruns.measure` counts exactly (every expert product, the counter's
+    own formula for ``_grouped_mm``). A dtype ``torch._grouped_mm`` cannot run (float64) then falls back to
+    the loop, as ``"grouped_mm"`` always does."""
+    return "threads" if _threads_see_the_state(x) else "grouped_mm"
+
+
+def build(spec, *, seed: int = 0, moe_strategy: str = AUTO, capacity_factor: float = None,
           sparse: bool = False, dtype=torch.float32) -> nn.Module:
     """A torch module for ``spec``: a :class:`TransformerLM` or a :class:`DLRM`.
 
-    ``moe_strategy`` is one of :data:`STRATEGIES` or :data:`SPEED_STRATEGIES` (on CPU, for inference,
-    ``"threads"`` is the fastest); ``capacity_factor`` overrides the spec's
+    ``moe_strategy`` is ``"auto"`` (the default: per call, the fastest exact strategy for the situation,
+    :func:`auto_strategy`) or one of :data:`STRATEGIES` or :data:`SPEED_STRATEGIES`, which compute the same
+    function in different ways (:class:`MoELayer`); ``capacity_factor`` overrides the spec's
     (None: the spec's, which is None for dropless); ``sparse`` gives a DLRM's tables sparse
     gradients. The weights depend on ``seed`` only (the global RNG is left as it was).
     """
-    if moe_strategy not in STRATEGIES + SPEED_STRATEGIES:
-        raise SpecError(f"moe_strategy must be one of {', '.join(STRATEGIES + SPEED_STRATEGIES)}, "
+    if moe_strategy not in (AUTO,) + STRATEGIES + SPEED_STRATEGIES:
+        raise SpecError(f"moe_strategy must be one of {', '.join((AUTO,) + STRATEGIES + SPEED_STRATEGIES)}, "
                         f"got {moe_strategy!r}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -769,15 +786,20 @@ def _bmm(h, W):
 class MoELayer(nn.Module):
     """A routed FFN: each token goes to ``top_k`` of E experts, plus any shared expert.
 
-    ``strategy`` (one of :data:`STRATEGIES` and :data:`SPEED_STRATEGIES`) changes how the experts are
-    computed, not what:
+    ``strategy`` (``"auto"``, or one of :data:`STRATEGIES` and :data:`SPEED_STRATEGIES`) changes how the
+    experts are computed, not what:
 
+    * ``"auto"`` picks one of the next two per call (:func:`auto_strategy`): ``"threads"`` on CPU,
+      ``"grouped_mm"`` under a FLOP counter, a trace or autocast, or on another device;
     * ``"grouped_mm"`` sorts the routed (token, expert) rows by expert and runs each weight
       matrix as one ``torch._grouped_mm``: k*N rows of matmul work;
-    * ``"loop"`` gathers each expert's tokens, multiplies, and scatter-adds back: the same work;
-    * ``"threads"`` is the loop with whole experts dealt out to torch's threads, each expert's
-      matmuls on one thread, instead of every small matmul split over all of them: the same work
-      (on CPU, without gradients; otherwise, and under a FLOP counter, it runs as ``"loop"``);
+    * ``"threads"`` gathers the routed rows by expert and deals whole experts out to torch's threads from
+      one queue, busiest first, each expert's matmuls on one thread, instead of splitting every small matmul
+      over all of them; it has its own backward (:class:`_DealtOutExperts`), whose expert products are dealt
+      out the same way: the loop's work and numbers, forward and backward (under a FLOP counter, autocast or
+      a trace, and off CPU, it runs as ``"loop"``);
+    * ``"loop"`` gathers each expert's tokens, multiplies, and scatter-adds back: the same work, each product
+      split over all threads, autograd's backward;
     * ``"dense"`` runs every expert on every token and zeroes the unchosen: E/k times the work;
     * ``"onehot"`` (GShard, fairseq) builds one-hot (N, E, C) dispatch and combine tensors and
       moves tokens into per-expert buffers of capacity C by einsum: 2*N*E*C*D FLOPs each way
@@ -883,8 +905,8 @@ class MoELayer(nn.Module):
         self.dropped = int((~keep).sum())
         if self.dropped:
             expert, token, weight, slot = expert[keep], token[keep], weight[keep], slot[keep]
-        strategy = self.strategy
         xe = self.latent_in(x) if self.latent_in is not None else x  # what the experts read
+        strategy = auto_strategy(xe) if self.strategy == AUTO else self.strategy
         if strategy == "grouped_mm" and not _grouped_mm_works(xe.shape[1], self.m.expert.width, x.dtype):
             strategy = "loop"  # e.g. float64, which torch._grouped_mm has no kernel for
         y = getattr(self, "_" + strategy)(xe, expert, token, weight, slot, cap)
@@ -922,7 +944,7 @@ class MoELayer(nn.Module):
             y = y + (torch.sigmoid(self.shared_gate(x)) * s if self.shared_gate is not None else s)
         return y.view(shape)
 
-    def _loop(self, x, expert, token, weight, slot, cap, parallel=False):
+    def _loop(self, x, expert, token, weight, slot, cap):
         # one sort; then each expert's choices are a slice, and experts no token chose are skipped
         # (at small batches most are: the loop then reads only the experts the batch reached)
         order = expert.argsort(stable=True)
@@ -933,24 +955,31 @@ class MoELayer(nn.Module):
         for n in counts:
             starts.append(starts[-1] + n)
         out = x.new_empty(len(token), x.shape[1])
-
-        def work(experts):  # gather, multiply, weight: each expert writes its own rows of out
-            for e in experts:
-                s, t = starts[e], starts[e + 1]
-                if into:  # Llama 4: the weight scales what the expert reads
-                    out[s:t] = self.experts.one(e, x.index_select(0, token[s:t]) * weight[s:t])
-                else:
-                    out[s:t] = self.experts.one(e, x.index_select(0, token[s:t])) * weight[s:t]
-
-        chosen = [e for e, n in enumerate(counts) if n]
-        if parallel and _can_deal_out(x):
-            _deal_out(work, chosen, counts)
-        else:
-            work(chosen)
+        for e, n in enumerate(counts):
+            if not n:
+                continue
+            s, t = starts[e], starts[e + 1]
+            if into:  # Llama 4: the weight scales what the expert reads
+                out[s:t] = self.experts.one(e, x.index_select(0, token[s:t]) * weight[s:t])
+            else:
+                out[s:t] = self.experts.one(e, x.index_select(0, token[s:t])) * weight[s:t]
         return torch.zeros_like(x).index_add_(0, token, out)
 
     def _threads(self, x, expert, token, weight, slot, cap):
-        return self._loop(x, expert, token, weight, slot, cap, parallel=True)
+        if not _threads_see_the_state(x):
+            return self._loop(x, expert, token, weight, slot, cap)
+        order = expert.argsort(stable=True)
+        token, weight = token[order], weight[order]
+        ex = self.experts
+        plan = _Plan(torch.bincount(expert, minlength=self.m.experts).tolist(), ex.act, ex.clamp,
+                     self.m.weight_input)
+        rows = x.index_select(0, token)  # the routed rows, by expert (autograd scatters their gradient back)
+        tensors = (rows, weight, ex.gate, ex.up, ex.down, ex.gate_bias, ex.up_bias, ex.down_bias)
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+            out = _DealtOutExperts.apply(plan, *tensors)
+        else:
+            out = _experts_forward(plan, *tensors, keep=False)[0]
+        return torch.zeros_like(x).index_add_(0, token, out)
 
     def _grouped_mm(self, x, expert, token, weight, slot, cap):
         order = expert.argsort(stable=True)
@@ -1017,46 +1046,192 @@ def _sparsemixer(logits: torch.Tensor, eps: float = 0.01):
     return torch.cat(idx, dim=1), torch.cat(w, dim=1), logits.softmax(dim=-1)
 
 
-def _can_deal_out(x: torch.Tensor) -> bool:
-    """Whether the experts may run on threads of their own: on CPU, with more than one torch
-    thread, and with no per-thread state the worker threads would not see -- gradients, autocast,
-    or a dispatch or function mode such as the FLOP counter (each is local to the thread)."""
-    return (x.device.type == "cpu" and torch.get_num_threads() > 1 and not torch.is_grad_enabled()
-            and not torch.is_autocast_enabled("cpu") and not is_in_torch_dispatch_mode()
-            and not torch._C._is_torch_function_mode_enabled())
+def _threads_see_the_state(x: torch.Tensor) -> bool:
+    """Whether the experts may run on threads of their own (``"threads"``; ``"auto"`` picks it then): on CPU,
+    and with no per-thread state the worker threads would not see -- autocast, a dispatch or function mode
+    such as the FLOP counter (each is local to the thread), a jit trace or torch.compile. Gradients are no
+    obstacle: :class:`_DealtOutExperts` is an autograd function of its own, whose forward and backward run
+    their expert products on the threads with autograd off."""
+    return (x.device.type == "cpu" and not torch.is_autocast_enabled("cpu") and not is_in_torch_dispatch_mode()
+            and not torch._C._is_torch_function_mode_enabled() and not torch.jit.is_tracing()
+            and not torch.compiler.is_compiling())
+
+
+class _Plan:
+    """What :class:`_DealtOutExperts` needs besides tensors: the routed rows per expert (sorted by expert),
+    the experts' activation, clamp, and whether the routing weight scales the input (Llama 4)."""
+
+    def __init__(self, counts, act, clamp, into):
+        self.counts, self.act, self.clamp, self.into = counts, act, clamp, into
+        self.starts = [0]
+        for n in counts:
+            self.starts.append(self.starts[-1] + n)
+        self.chosen = [e for e, n in enumerate(counts) if n]
+
+
+def _experts_forward(plan, rows, w, gate, up, down, gate_bias, up_bias, down_bias, keep: bool):
+    """The routed rows (S, D), sorted by expert, through their experts, each output row times its weight
+    ``w`` (S,); the experts dealt out to the threads (:func:`_deal_out`), each writing its own rows of
+    preallocated buffers (no allocation per expert but the activation's). With ``keep``, also the
+    pre-activations and the unweighted outputs, for the backward."""
+    S, F_ = rows.shape[0], up.shape[1]
+    A = rows.new_empty(S, F_) if gate is not None else None
+    B = rows.new_empty(S, F_)
+    Y = rows.new_empty(S, down.shape[1])
+    out = rows.new_empty(S, down.shape[1]) if keep and not plan.into else Y
+    st, into = plan.starts, plan.into
+
+    def linear(h, W, b, e, into_):
+        if b is None:
+            return torch.mm(h, W[e].t(), out=into_)
+        return torch.addmm(b[e], h, W[e].t(), out=into_)  # F.linear's own call, so the loop's numbers exactly
+
+    def work(e):
+        s, t = st[e], st[e + 1]
+        xs = rows[s:t] * w[s:t, None] if into else rows[s:t]
+        b = linear(xs, up, up_bias, e, B[s:t])
+        h = activate(plan.act, linear(xs, gate, gate_bias, e, A[s:t]), b, plan.clamp) if gate is not None \
+            else activate(plan.act, b, clamp=plan.clamp)
+        y = linear(h, down, down_bias, e, Y[s:t])
+        if not into:
+            if out is Y:
+                y.mul_(w[s:t, None])
+            else:
+                torch.mul(y, w[s:t, None], out=out[s:t])
+
+    _deal_out(work, plan.chosen, plan.counts)
+    return out, A, B, Y
+
+
+class _DealtOutExperts(torch.autograd.Function):
+    """The ``"threads"`` strategy's experts as one autograd function: forward and backward both deal whole
+    experts out to torch's threads (each expert's products on one thread), instead of autograd's backward of
+    the loop, which runs every small product over all threads in turn and builds a full-size zero gradient of
+    each 3-D weight for every expert it indexes. Inputs: the routed rows (S, D) sorted by expert, their
+    weights (S,), the experts' weights and biases (None where absent). Output: the weighted expert outputs
+    (S, D). The gradients are the loop's (tests check them against it, and against float64 finite
+    differences); a second derivative is not provided."""
+
+    @staticmethod
+    def forward(ctx, plan, rows, w, gate, up, down, gate_bias, up_bias, down_bias):
+        out, A, B, Y = _experts_forward(plan, rows, w, gate, up, down, gate_bias, up_bias, down_bias, keep=True)
+        ctx.plan = plan
+        ctx.save_for_backward(rows, w, gate, up, down, gate_bias, up_bias, down_bias, A, B, Y)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        plan = ctx.plan
+        rows, w, gate, up, down, gate_bias, up_bias, down_bias, A, B, Y = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        grad = grad.contiguous()
+        st, into, gated = plan.starts, plan.into, gate is not None
+        d_rows = torch.empty_like(rows) if need[1] else None
+        d_w = torch.empty_like(w) if need[2] else None
+
+        def weight_grad(p, i):  # unchosen experts get zeros; chosen ones are written whole by their thread
+            if p is None or not need[i]:
+                return None
+            g = torch.empty_like(p)
+            for e, n in enumerate(plan.counts):
+                if not n:
+                    g[e].zero_()
+            return g
+
+        dg, du, dd, dgb, dub, ddb = (weight_grad(p, i) for p, i in
+                                     ((gate, 3), (up, 4), (down, 5), (gate_bias, 6), (up_bias, 7), (down_bias, 8)))
+
+        def work(e):
+            s, t = st[e], st[e + 1]
+            g, ws = grad[s:t], w[s:t, None]
+            xs = rows[s:t] * ws if into else rows[s:t]
+            if into:
+                dy = g
+            else:
+                if d_w is not None:
+                    torch.sum(g * Y[s:t], dim=1, out=d_w[s:t])
+                dy = g * ws
+            if ddb is not None:
+                torch.sum(dy, dim=0, out=ddb[e])
+            with torch.enable_grad():  # the activation's derivative, whatever it is: elementwise, on this thread
+                b = B[s:t].detach().requires_grad_()
+                a = A[s:t].detach().requires_grad_() if gated else None
+                h = activate(plan.act, a, b, plan.clamp) if gated else activate(plan.act, b, clamp=plan.clamp)
+            if dd is not None:
+                torch.mm(dy.t(), h.detach(), out=dd[e])
+            dh = torch.mm(dy, down[e])
+            pre = (a, b) if gated else (b,)
+            d_pre = [torch.zeros_like(p) if d is None else d
+                     for p, d in zip(pre, torch.autograd.grad(h, pre, dh, allow_unused=True))]
+            da, db = d_pre if gated else (None, d_pre[0])
+            if du is not None:
+                torch.mm(db.t(), xs, out=du[e])
+            if dub is not None:
+                torch.sum(db, dim=0, out=dub[e])
+            if gated and dg is not None:
+                torch.mm(da.t(), xs, out=dg[e])
+            if gated and dgb is not None:
+                torch.sum(da, dim=0, out=dgb[e])
+            if d_rows is not None or (into and d_w is not None):
+                dx = torch.mm(db, up[e], out=d_rows[s:t] if d_rows is not None else None)
+                if gated:
+                    dx.addmm_(da, gate[e])
+                if into:
+                    if d_w is not None:
+                        torch.sum(dx * rows[s:t], dim=1, out=d_w[s:t])
+                    dx.mul_(ws)
+
+        _deal_out(work, plan.chosen, plan.counts)
+        return None, d_rows, d_w, dg, du, dd, dgb, dub, ddb
 
 
 def _deal_out(work, experts: list, rows: list):
-    """Run ``work(share)`` on each of torch's n threads at once, the ``experts`` dealt out so that
-    every share has about the same number of ``rows`` (busiest expert first, each to the share with
-    the fewest rows so far), every thread's matmuls on that thread alone. torch's thread count is
-    restored afterwards."""
-    n = torch.get_num_threads()
-    shares, total = [[] for _ in range(n)], [0] * n
-    for e in sorted(experts, key=lambda e: -rows[e]):
-        i = total.index(min(total))
-        shares[i].append(e)
-        total[i] += rows[e]
-    inference, errors = torch.is_inference_mode_enabled(), []
+    """Run ``work(e)`` for every expert in ``experts`` on torch's n threads at once: one queue, busiest expert
+    first (by ``rows``), each thread taking the next expert as it finishes the last, so a thread slowed by
+    another job takes fewer; every expert's products on its thread alone (torch's thread count 1 there, and
+    restored afterwards). Autograd is off in the workers (inference mode as in the caller). With one thread,
+    or one expert, everything runs in the calling thread."""
+    n = min(torch.get_num_threads(), len(experts))
+    queue = iter(sorted(experts, key=lambda e: -rows[e]))
+    if n <= 1:
+        with torch.no_grad():
+            for e in queue:
+                work(e)
+        return
+    lock, inference, errors = threading.Lock(), torch.is_inference_mode_enabled(), []
+    threads_before = torch.get_num_threads()
 
-    def worker(share):
+    def take():
+        with lock:
+            return next(queue, None)
+
+    def drain():
+        while not errors:
+            e = take()
+            if e is None:
+                return
+            work(e)
+
+    def worker():
         try:
             torch.set_num_threads(1)
             with torch.inference_mode(inference), torch.no_grad():
-                work(share)
+                drain()
         except BaseException as error:  # noqa: BLE001 (re-raised in the calling thread)
             errors.append(error)
 
-    threads = [threading.Thread(target=worker, args=(share,)) for share in shares[1:] if share]
+    threads = [threading.Thread(target=worker) for _ in range(n - 1)]
     try:
         for t in threads:
             t.start()
         torch.set_num_threads(1)
-        work(shares[0])
+        with torch.no_grad():
+            drain()
     finally:
         for t in threads:
             t.join()
-        torch.set_num_threads(n)
+        torch.set_num_threads(threads_before)
     if errors:
         raise errors[0]
 
@@ -1283,7 +1458,7 @@ class TransformerLM(nn.Module):
     """Token ids (B, T) -> logits (B, T, V). An encoder-decoder reads the same ids in both stacks; an
     encoder alone (BERT) reads them once."""
 
-    def __init__(self, s: Transformer, strategy: str = STRATEGIES[0], capacity_factor: float = None):
+    def __init__(self, s: Transformer, strategy: str = AUTO, capacity_factor: float = None):
         super().__init__()
         self.spec = s
         self.embed = nn.Embedding(s.vocab, s.width)
