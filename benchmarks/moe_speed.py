@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/moe_speed.py --threads 2 1 --repeats 9 --json out.json
     .venv/bin/python benchmarks/moe_speed.py --device cuda --dtype bfloat16
     .venv/bin/python benchmarks/moe_speed.py --profile threads    # where the time goes, op by op
+    .venv/bin/python benchmarks/moe_speed.py --no-peers           # the strategies alone, without transformers
 
 The stored run the chapter "What FLOPs don't count" reads is ``--threads 0 1 --json
 src/whatruns/data/moe_speed_cpu.json`` (``whatruns.data.load("moe_speed_cpu")``). The models, the
@@ -11,6 +12,11 @@ targets and the interleaved timing are described in ``whatruns.bench``. Prints a
 also writes the numbers. ``--profile STRATEGY`` instead runs torch's profiler (every thread) over a
 few forward passes of that MoE model and of (a), and prints each one's operations by their share of
 the time.
+
+Each run also compares the library's default strategy with transformers' ``MixtralForCausalLM`` and its MoE
+block, experts ``"eager"`` and ``"grouped_mm"`` (the same weights; outputs checked equal before any timing),
+and with the dense model (a): whole model and MoE layer alone, forward and a training step, skewed and
+balanced routing, 8 to 4,096 tokens (``whatruns.bench.compare``), and prints issue 13's targets.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ def main(argv=None):
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16", "float64"))
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--no-peers", action="store_true", help="skip the comparison with transformers")
     p.add_argument("--profile", default=None, metavar="STRATEGY", choices=SPEED_STRATEGIES + STRATEGIES,
                    help="profile this MoE strategy and (a) instead")
     args = p.parse_args(argv)
@@ -44,6 +51,9 @@ def main(argv=None):
     for threads in args.threads:
         r = bench.run(args.strategies, args.repeats, threads or default_threads, getattr(torch, args.dtype), args.device)
         print(bench.report(r) + "\n", flush=True)
+        if not args.no_peers and args.device == "cpu" and args.dtype == "float32":
+            r["peers"] = bench.compare(threads=threads or default_threads)
+            print(bench.report_compare(r["peers"]) + "\n", flush=True)
         results.append(r)
     if args.json:
         with open(args.json, "w") as f:
