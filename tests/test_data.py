@@ -145,7 +145,7 @@ def test_moe_speed_is_the_benchmark_of_the_library(stored_bench):
         # strategies run every expert on the busiest expert's load, one-hot adds its two dispatch einsums
         exact = counts["moe"].flops_per_token * N
         padded = exact - N * bench.K * ffn_flops(bench.D, moe.expert) + bench.E * r["max_load"] * ffn_flops(bench.D, moe.expert)
-        expected = {"moe/threads": exact, "moe/loop": exact, "moe/grouped_mm": exact, "moe/gather": padded,
+        expected = {"moe/auto": exact, "moe/threads": exact, "moe/loop": exact, "moe/grouped_mm": exact, "moe/gather": padded,
                     "moe/onehot": padded + 2 * onehot_dispatch_flops(N, bench.E, r["max_load"], bench.D),
                     "same FLOPs (a)": counts["same FLOPs (a)"].flops_per_token * N,
                     "same params (b)": counts["same params (b)"].flops_per_token * N}
@@ -157,6 +157,33 @@ def test_moe_speed_is_the_benchmark_of_the_library(stored_bench):
         a, b = r["median_s"]["same FLOPs (a)"], r["median_s"]["same params (b)"]
         assert r["moe_over_a"] == {s: r["median_s"][f"moe/{s}"] / a for s in strategies}
         assert r["b_over_moe"] == {s: b / r["median_s"][f"moe/{s}"] for s in strategies}
+
+
+def test_moe_speed_against_transformers_is_the_comparison_of_the_library(stored_bench):
+    """The comparison with transformers (bench.compare): the default strategy, every cell the current code
+    times, the outputs found equal before timing, the ratios those of the medians of its own timings."""
+    for r in stored_bench:
+        c = r["peers"]
+        assert c["strategy"] == "auto" and c["tolerance"] == bench.TOLERANCE
+        assert c["machine"]["threads"] == r["machine"]["threads"] and c["machine"]["capability"]
+        assert max(c["max_gap"].values()) <= bench.TOLERANCE
+        kinds = [(x["scope"], x["mode"], x["routing"], x["tokens"]) for x in c["cells"]]
+        expected = []
+        for n in sorted(set(bench.PEER_TOKENS) | set(bench.TRAIN_TOKENS)):
+            for scope, routing in (("model", "skewed"), ("layer", "skewed"), ("layer", "balanced")):
+                expected += [(scope, mode, routing, n) for mode, tokens in (("forward", bench.PEER_TOKENS),
+                                                                            ("train", bench.TRAIN_TOKENS)) if n in tokens]
+        assert kinds == expected
+        for cell in c["cells"]:
+            reps = c["repeats"] if cell["mode"] == "forward" else c["train_repeats"]
+            names = [n for n in bench.PEERS if not (cell["mode"] == "train" and n == "transformers eager")]
+            assert list(cell["times_s"]) == names and all(len(t) == reps for t in cell["times_s"].values())
+            med = cell["median_s"]
+            assert med == {n: statistics.median(t) for n, t in cell["times_s"].items()}
+            assert cell["over_dense"] == med["whatruns"] / med["dense (a)"]
+            assert cell["over_transformers"] == med["whatruns"] / med[cell["best_transformers"]]
+            assert med[cell["best_transformers"]] == min(v for n, v in med.items() if n.startswith("transformers"))
+            assert cell["mean"] == cell["tokens"] * bench.K / bench.E
 
 
 def test_moe_speed_routing_is_the_current_models(stored_bench):

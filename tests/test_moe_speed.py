@@ -11,7 +11,9 @@ from whatruns import FFN, MoE
 from whatruns.count import ffn_flops
 from whatruns.measure import count_flops
 from whatruns import bench
-from whatruns.nn import MoELayer, _deal_out
+from torch.utils.flop_counter import FlopCounterMode
+
+from whatruns.nn import MoELayer, _DealtOutExperts, _Plan, _deal_out, auto_strategy
 
 
 @pytest.mark.parametrize("cf", [None, 0.5, 1.0])
@@ -78,25 +80,26 @@ def test_threads_computes_what_the_loop_computes(two_threads, cf, gated):
         assert torch.get_num_threads() == 2
 
 
-def test_threads_runs_each_share_on_its_own_thread_with_one_torch_thread(two_threads):
-    seen = []
+def test_threads_takes_busiest_first_from_one_queue_each_on_one_torch_thread(two_threads):
+    seen, lock = [], threading.Lock()
 
-    def work(share):
-        seen.append((tuple(share), threading.get_ident(), torch.get_num_threads(), torch.is_grad_enabled()))
+    def work(e):
+        with lock:
+            seen.append((e, threading.get_ident(), torch.get_num_threads(), torch.is_grad_enabled()))
 
     rows = [100, 1, 1, 50, 30, 20]
-    with torch.no_grad():
+    with torch.enable_grad():
         _deal_out(work, [0, 1, 2, 3, 4, 5], rows)
-    assert len({ident for _, ident, _, _ in seen}) == 2          # two threads at once
-    assert all(n == 1 and not grad for _, _, n, grad in seen)    # each matmul on one thread, no autograd
-    assert sorted(e for share, *_ in seen for e in share) == [0, 1, 2, 3, 4, 5]
-    assert sorted(sum(rows[e] for e in share) for share, *_ in seen) == [101, 101]  # busiest first, balanced
+    assert sorted(e for e, *_ in seen) == [0, 1, 2, 3, 4, 5]      # every expert once
+    assert len({ident for _, ident, _, _ in seen}) <= 2            # on at most torch's two threads
+    assert all(n == 1 and not grad for _, _, n, grad in seen)      # each matmul on one thread, no autograd
+    assert [e for e, *_ in seen][:2] in ([0, 3], [3, 0])           # the two busiest taken first
     assert torch.get_num_threads() == 2
 
 
 def test_threads_restores_the_thread_count_and_raises_a_workers_error(two_threads):
-    def work(share):
-        if 1 in share:
+    def work(e):
+        if e == 1:
             raise ValueError("expert 1 failed")
 
     with pytest.raises(ValueError, match="expert 1 failed"):
@@ -104,19 +107,120 @@ def test_threads_restores_the_thread_count_and_raises_a_workers_error(two_thread
     assert torch.get_num_threads() == 2
 
 
-def test_threads_falls_back_to_the_loop_where_threads_would_not_see_the_state(two_threads):
-    """With gradients, or under the FLOP counter (a dispatch mode, local to a thread), the experts
-    run in the calling thread: gradients flow and every matmul is counted."""
+def test_threads_counts_every_product_under_the_counter(two_threads):
+    """Under the FLOP counter (a dispatch mode, local to a thread) the experts run in the calling thread as the
+    loop: every matmul is counted."""
     D, N = 16, 32
     m = MoE(4, 2, FFN(8))
     layers = _pair(m, D)
     x = torch.randn(N, D, generator=torch.Generator().manual_seed(1))
     assert count_flops(layers["threads"], x) == count_flops(layers["loop"], x) == \
         2 * N * D * 4 + N * 2 * ffn_flops(D, m.expert)
-    for layer in layers.values():
-        layer(x).sum().backward()
-    torch.testing.assert_close(layers["threads"].experts.up.grad, layers["loop"].experts.up.grad)
-    assert layers["threads"].experts.up.grad.abs().sum() > 0
+
+
+def _grads(layer, x, seed=0):
+    x = x.clone().requires_grad_()
+    y = layer(x)
+    (y * torch.randn(y.shape, generator=torch.Generator().manual_seed(seed))).sum().backward()
+    return y.detach(), {"x": x.grad, **{n: p.grad for n, p in layer.named_parameters() if p.grad is not None}}
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("moe", [
+    MoE(8, 2, FFN(8, gated=True, bias=True)),
+    MoE(8, 2, FFN(8, gated=False, activation="relu2"), capacity_factor=0.5),
+    MoE(8, 1, FFN(8, clamp=2.0)),
+    MoE(8, 2, FFN(8), weight_input=True),                       # Llama 4: the weight scales the expert's input
+    MoE(8, 2, FFN(8), shared=FFN(8), shared_experts=1, router="sigmoid_topk"),
+], ids=["gated-bias", "plain-relu2-cf", "clamped", "weight-input", "shared-sigmoid"])
+def test_threads_trains_exactly_as_the_loop(threads, moe):
+    """The threaded strategy's own backward gives the loop's gradients: input, router, every expert weight and
+    bias (the unchosen experts' zero), and its forward the loop's numbers bit for bit."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        layers = _pair(moe)
+        x = torch.randn(48, 16, generator=torch.Generator().manual_seed(2))
+        (y_t, g_t), (y_l, g_l) = _grads(layers["threads"], x), _grads(layers["loop"], x)
+        assert torch.equal(y_t, y_l)
+        assert g_t.keys() == g_l.keys() and "experts.up" in g_t and "router.weight" in g_t
+        for name in g_l:
+            torch.testing.assert_close(g_t[name], g_l[name], msg=name)
+        assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_threads_backward_passes_gradcheck_in_float64(two_threads):
+    E, D, F_ = 3, 4, 5
+    counts = [3, 0, 4]
+    S = sum(counts)
+
+    def t(*shape):
+        return torch.randn(*shape, dtype=torch.float64, generator=g).requires_grad_()
+
+    for gated, into in ((True, False), (False, True), (True, True)):
+        g = torch.Generator().manual_seed(0)
+        plan = _Plan(counts, "silu", 0.0, into)
+        args = [t(S, D), torch.rand(S, dtype=torch.float64, generator=g).requires_grad_(),
+                t(E, F_, D) if gated else None, t(E, F_, D), t(E, D, F_), t(E, F_) if gated else None, t(E, F_), t(E, D)]
+        assert torch.autograd.gradcheck(lambda *a: _DealtOutExperts.apply(plan, *a), args)
+
+
+def test_auto_is_threads_on_cpu_and_grouped_mm_where_threads_would_not_see_the_state(two_threads, monkeypatch):
+    x = torch.randn(4, 16)
+    assert auto_strategy(x) == "threads"
+    with FlopCounterMode(display=False):
+        assert auto_strategy(x) == "grouped_mm"                 # the counter: grouped, counted exactly
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert auto_strategy(x) == "grouped_mm"
+    assert auto_strategy(torch.empty(4, 16, device="meta")) == "grouped_mm"   # not a CPU
+    with torch.no_grad():
+        assert auto_strategy(x) == "threads"                    # inference and training alike
+    monkeypatch.setattr(torch.jit, "is_tracing", lambda: True)
+    assert auto_strategy(x) == "grouped_mm"
+
+
+def test_auto_is_the_default_and_counts_as_grouped_mm(two_threads):
+    """build's default is "auto": the same function as every named strategy, and under the counter the same
+    count as "grouped_mm" (torch alone, uncorrected, too: the book's chapters print those counts)."""
+    spec = whatruns.load(bench.hf_config("mixtral", 16) | {"hidden_size": 16, "num_attention_heads": 2,
+                                                                "num_key_value_heads": 2, "num_local_experts": 4})
+    model, grouped = whatruns.build(spec), whatruns.build(spec, moe_strategy="grouped_mm")
+    assert model.moe_layers()[0].strategy == "auto"
+    ids = torch.randint(0, bench.VOCAB, (2, 8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids), grouped(ids))
+    for corrected in (True, False):
+        assert count_flops(model, ids, corrected=corrected) == count_flops(grouped, ids, corrected=corrected)
+
+
+def test_the_benchmark_refuses_to_time_different_functions():
+    same = torch.ones(3, 4)
+    outs = {"whatruns": same, "transformers eager": same + 1e-6, "transformers grouped_mm": same.clone()}
+    assert bench.check_equal(outs, "ok") <= 1e-6
+    outs["transformers grouped_mm"] = same + 1e-2                 # e.g. a weight copied wrong
+    with pytest.raises(ValueError, match="not timing different functions"):
+        bench.check_equal(outs, "the model")
+
+
+def test_the_benchmark_compares_with_transformers_on_the_same_function(monkeypatch):
+    """bench.compare on a tiny model: transformers' two implementations and whatruns' default on one set of
+    weights, outputs checked equal, every cell timed, ratios the ratios of the medians."""
+    tiny = {"hidden_size": 16, "num_attention_heads": 2, "num_key_value_heads": 2, "num_local_experts": 4}
+    monkeypatch.setitem(bench.SPECS, "moe", bench.hf_config("mixtral", 16) | tiny)
+    monkeypatch.setitem(bench.SPECS, "same FLOPs (a)", bench.hf_config("llama", 32) | tiny)
+    monkeypatch.setattr(bench, "D", 16)
+    c = bench.compare(repeats=1, train_repeats=1, tokens=(8, 16), train_tokens=(16,))
+    assert max(c["max_gap"].values()) <= bench.TOLERANCE and c["strategy"] == "auto"
+    kinds = {(x["scope"], x["mode"], x["routing"], x["tokens"]) for x in c["cells"]}
+    assert ("model", "train", "skewed", 16) in kinds and ("layer", "forward", "balanced", 8) in kinds
+    for cell in c["cells"]:
+        med = cell["median_s"]
+        assert ("transformers eager" in med) == (cell["mode"] == "forward")
+        assert cell["over_dense"] == med["whatruns"] / med["dense (a)"]
+        assert cell["over_transformers"] == med["whatruns"] / min(v for k, v in med.items() if k.startswith("transformers"))
+    assert c["machine"]["capability"] == torch.backends.cpu.get_cpu_capability()
 
 
 def _tiny_built():
