@@ -13,7 +13,7 @@ also writes the numbers. ``--profile STRATEGY`` instead runs torch's profiler (e
 few forward passes of that MoE model and of (a), and prints each one's operations by their share of
 the time.
 
-Each run also compares the library's default strategy with transformers' ``MixtralForCausalLM`` and its MoE
+The first run (the first of ``--threads``) also compares the library's default strategy with transformers' ``MixtralForCausalLM`` and its MoE
 block, experts ``"eager"`` and ``"grouped_mm"`` (the same weights; outputs checked equal before any timing),
 and with the dense model (a): whole model and MoE layer alone, forward and a training step, skewed and
 balanced routing, 8 to 4,096 tokens (``whatruns.bench.compare``), and prints issue 13's targets.
@@ -51,7 +51,7 @@ def main(argv=None):
     for threads in args.threads:
         r = bench.run(args.strategies, args.repeats, threads or default_threads, getattr(torch, args.dtype), args.device)
         print(bench.report(r) + "\n", flush=True)
-        if not args.no_peers and args.device == "cpu" and args.dtype == "float32":
+        if not args.no_peers and not results and args.device == "cpu" and args.dtype == "float32":  # first run only
             r["peers"] = bench.compare(threads=threads or default_threads)
             print(bench.report_compare(r["peers"]) + "\n", flush=True)
         results.append(r)

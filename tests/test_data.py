@@ -162,7 +162,8 @@ def test_moe_speed_is_the_benchmark_of_the_library(stored_bench):
 def test_moe_speed_against_transformers_is_the_comparison_of_the_library(stored_bench):
     """The comparison with transformers (bench.compare): the default strategy, every cell the current code
     times, the outputs found equal before timing, the ratios those of the medians of its own timings."""
-    for r in stored_bench:
+    assert "peers" in stored_bench[0] and not any("peers" in r for r in stored_bench[1:])  # the first run's threads
+    for r in stored_bench[:1]:
         c = r["peers"]
         assert c["strategy"] == "auto" and c["tolerance"] == bench.TOLERANCE
         assert c["machine"]["threads"] == r["machine"]["threads"] and c["machine"]["capability"]
