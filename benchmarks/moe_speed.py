@@ -27,7 +27,7 @@ import json
 import torch
 
 from whatruns import bench
-from whatruns.nn import SPEED_STRATEGIES, STRATEGIES
+from whatruns.nn import AUTO, SPEED_STRATEGIES, STRATEGIES
 
 
 def main(argv=None):
@@ -35,12 +35,12 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--threads", type=int, nargs="*", default=[0],
                    help="torch intra-op threads, one run per value (0: torch's default)")
-    p.add_argument("--strategies", nargs="*", default=None, choices=SPEED_STRATEGIES + STRATEGIES)
+    p.add_argument("--strategies", nargs="*", default=None, choices=(AUTO,) + SPEED_STRATEGIES + STRATEGIES)
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16", "float64"))
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--no-peers", action="store_true", help="skip the comparison with transformers")
-    p.add_argument("--profile", default=None, metavar="STRATEGY", choices=SPEED_STRATEGIES + STRATEGIES,
+    p.add_argument("--profile", default=None, metavar="STRATEGY", choices=(AUTO,) + SPEED_STRATEGIES + STRATEGIES,
                    help="profile this MoE strategy and (a) instead")
     args = p.parse_args(argv)
     if args.profile:
