@@ -795,7 +795,7 @@ class MoELayer(nn.Module):
       matrix as one ``torch._grouped_mm``: k*N rows of matmul work;
     * ``"threads"`` gathers the routed rows by expert and deals whole experts out to torch's threads from
       one queue, busiest first, each expert's matmuls on one thread, instead of splitting every small matmul
-      over all of them; it has its own backward (:class:`_DealtOutExperts`), whose expert products are dealt
+      over all of them; it has its own backward (an autograd function of its own), whose expert products are dealt
       out the same way: the loop's work and numbers, forward and backward (under a FLOP counter, autocast or
       a trace, and off CPU, it runs as ``"loop"``);
     * ``"loop"`` gathers each expert's tokens, multiplies, and scatter-adds back: the same work, each product
