@@ -34,7 +34,10 @@ CACHE = ROOT / "build" / "experiments"  # git-ignored
 SEEDS = (0, 1, 2)
 
 LIKE = {"vocab": 64, "width": 64, "steps": 1500, "batch": 512, "lr": 3e-3, "balance": 0.01,
-        "dense_widths": [64, 128, 256, 512], "expert_width": 64, "experts": [2, 4, 8, 16]}
+        "dense_widths": [64, 128, 256, 512, 1024],   # 1024: the dense twin of E=16 (equal FFN parameters)
+        "expert_width": 64, "experts": [2, 4, 8, 16],
+        # granularity: (E, expert width, top-k) at E=8x64 top-1's active FLOPs and stored FFN parameters
+        "granular": [[16, 32, 2], [32, 16, 4], [64, 8, 8]]}
 
 RESTING = {"p": 59, "width": 32, "activation": "gelu", "steps": 1500, "lr": 3e-3, "balance": 0.01,
            "weight_decay": {"add": 1.0, "random": 0.0},
@@ -59,7 +62,8 @@ def rounded(x, digits=4):
 def like_configs(s=LIKE):
     dense = [ToyConfig(s["vocab"], s["width"], F) for F in s["dense_widths"]]
     moe = [ToyConfig(s["vocab"], s["width"], s["expert_width"], experts=E) for E in s["experts"]]
-    return dense + moe
+    granular = [ToyConfig(s["vocab"], s["width"], F, experts=E, top_k=k) for E, F, k in s["granular"]]
+    return dense + moe + granular
 
 
 def run_like(args):
