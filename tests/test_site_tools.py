@@ -109,10 +109,6 @@ def test_myst_becomes_plain_markdown_for_slides():
     assert '<a href="02_dense.slides.html">' in out
 
 
-# Entries a chapter in revision will cite (issue 14: chapter 8 cites Nakamura et al.); nothing else may rest unused.
-CITED_SOON = {"nakamura2026optimal"}
-
-
 def test_every_reference_is_cited_and_every_citation_is_a_reference():
     """book/references.bib holds what the pages cite: every {cite} key has an entry, and every entry is cited
     from some page (a chapter's markdown, or markdown one of its cells displays)."""
@@ -129,4 +125,4 @@ def test_every_reference_is_cited_and_every_citation_is_a_reference():
     cited = {key.strip() for text in texts for keys_ in re.findall(r"\{cite(?::\w+)?\}`([^`]+)`", text)
              for key in keys_.split(",")}
     assert cited <= keys, f"cited without an entry: {sorted(cited - keys)}"
-    assert keys - cited <= CITED_SOON, f"entries no page cites: {sorted(keys - cited - CITED_SOON)}"
+    assert keys <= cited, f"entries no page cites: {sorted(keys - cited)}"
