@@ -34,7 +34,10 @@ CACHE = ROOT / "build" / "experiments"  # git-ignored
 SEEDS = (0, 1, 2)
 
 LIKE = {"vocab": 64, "width": 64, "steps": 1500, "batch": 512, "lr": 3e-3, "balance": 0.01,
-        "dense_widths": [64, 128, 256, 512], "expert_width": 64, "experts": [2, 4, 8, 16]}
+        "dense_widths": [64, 128, 256, 512, 1024],   # 1024: the dense twin of E=16 (equal FFN parameters)
+        "expert_width": 64, "experts": [2, 4, 8, 16],
+        # granularity: (E, expert width, top-k) at E=8x64 top-1's active FLOPs and stored FFN parameters
+        "granular": [[16, 32, 2], [32, 16, 4], [64, 8, 8]]}
 
 RESTING = {"p": 59, "width": 32, "activation": "gelu", "steps": 1500, "lr": 3e-3, "balance": 0.01,
            "weight_decay": {"add": 1.0, "random": 0.0},
@@ -43,7 +46,17 @@ RESTING = {"p": 59, "width": 32, "activation": "gelu", "steps": 1500, "lr": 3e-3
            "tasks": [["add", 0.5], ["random", 1.0]],
            "fraction_sweep": {"fraction": 0.8, "names": ["dense F=16", "MoE E=4x16"]},
            "split_control": [4],                    # dense F=16 trained on 1/E of the add@0.5 pairs
-           "long_steps": 3000, "long": [[4, 16]]}   # (E, F) trained 2x longer on add@0.5
+           "long_steps": 3000, "long": [[4, 16]],   # (E, F) trained 2x longer on add@0.5
+           # the first trial's setting, stored (dense models, ReLU, fewer steps, add@0.5)
+           "relu": {"activation": "relu", "steps": 1000, "dense_widths": [16, 32, 64], "task": ["add", 0.5]},
+           # the arms that bound the claim, on the rule: experts as wide as the dense models that learn it,
+           # shared experts that wide beside 4x16 routed ones, and expert count at fixed expert width
+           "arms": [{"fraction": 0.8, "dense_widths": [32, 64],
+                     "moe": [[2, 16], [4, 32], [4, 64], [8, 16], [16, 16]],   # (E, F)
+                     "shared": [[4, 16, 16], [4, 16, 32], [4, 16, 64]]},      # (E, F, shared width)
+                    {"fraction": 0.5, "dense_widths": [],
+                     "moe": [[4, 32], [4, 64], [8, 16], [16, 16]],
+                     "shared": [[4, 16, 32], [4, 16, 64]]}]}
 
 
 def rounded(x, digits=4):
@@ -59,7 +72,8 @@ def rounded(x, digits=4):
 def like_configs(s=LIKE):
     dense = [ToyConfig(s["vocab"], s["width"], F) for F in s["dense_widths"]]
     moe = [ToyConfig(s["vocab"], s["width"], s["expert_width"], experts=E) for E in s["experts"]]
-    return dense + moe
+    granular = [ToyConfig(s["vocab"], s["width"], F, experts=E, top_k=k) for E, F, k in s["granular"]]
+    return dense + moe + granular
 
 
 def run_like(args):
@@ -84,6 +98,16 @@ def resting_runs(s=RESTING):
     runs += [(small, "add", 0.5 / E, seed, steps) for E in s["split_control"] for seed in SEEDS]
     runs += [(ToyConfig(p, D, F, experts=E, classes=p, activation=act), "add", 0.5, seed, s["long_steps"])
              for E, F in s["long"] for seed in SEEDS]
+    # added with issue 14, after every earlier run (whose order, settings and results are unchanged)
+    relu = s["relu"]
+    runs += [(ToyConfig(p, D, F, classes=p, activation=relu["activation"]), *relu["task"], seed, relu["steps"])
+             for F in relu["dense_widths"] for seed in SEEDS]
+    for arm in s["arms"]:
+        cfgs = ([ToyConfig(p, D, F, classes=p, activation=act) for F in arm["dense_widths"]]
+                + [ToyConfig(p, D, F, experts=E, classes=p, activation=act) for E, F in arm["moe"]]
+                + [ToyConfig(p, D, F, experts=E, shared_width=S, classes=p, activation=act)
+                   for E, F, S in arm["shared"]])
+        runs += [(c, "add", arm["fraction"], seed, steps) for c in cfgs for seed in SEEDS]
     return runs
 
 

@@ -116,6 +116,9 @@ class Myst:
     to ``missing`` (default: a warning, and ``[key?]`` in the text)."""
 
     ROLE = re.compile(r"\{([\w:-]+)\}`([^`]*)`")
+    # a raw HTML link from a chapter to another page of the site (the calculator with a preset: <a
+    # href="calculator.html?model=...">): from a deck, that page is in the built site, not beside the decks
+    PAGE_LINK = re.compile(r'href="([\w-]+\.html(?:[?#][^"]*)?)"')
 
     def __init__(self, values: dict[str, str], titles: dict[str, str], labels: dict[str, tuple[str, str]],
                  bib: dict[str, tuple[str, str]], missing=None):
@@ -185,6 +188,7 @@ class Myst:
         return "\n".join(out)
 
     def __call__(self, text: str) -> str:
+        text = self.PAGE_LINK.sub(lambda m: f'href="{SITE_FROM_SLIDES}/book/{m.group(1)}"', text)
         return self.ROLE.sub(self._role, self._fences(text))
 
 

@@ -106,6 +106,27 @@ def test_resting_parameters_is_the_sweep_the_script_defines(experiments):
             assert len(r["expert_test_acc"]) == (cfg.experts if len(task.test) else 0)
 
 
+def test_resting_parameters_keeps_its_earlier_runs_and_has_every_arm(experiments):
+    """The runs added with issue 14 (the ReLU trial, the wide-expert, wide-shared and expert-count arms) come after
+    the earlier ones, so those keep their place; every arm has each seed at its data fraction, and the ReLU runs
+    are ReLU."""
+    d, S = data.load("resting_parameters"), experiments.RESTING
+    jobs = experiments.resting_runs()
+    earlier = experiments.resting_runs({k: v for k, v in S.items()} | {"relu": {**S["relu"], "dense_widths": []},
+                                                                        "arms": []})
+    assert jobs[:len(earlier)] == earlier and len(jobs) > len(earlier)
+    added = d["runs"][len(earlier):]
+    relu = [r for r in added if r["config"]["activation"] == S["relu"]["activation"]]
+    assert len(relu) == len(S["relu"]["dense_widths"]) * len(experiments.SEEDS)
+    assert all(r["steps"] == S["relu"]["steps"] and r["config"]["experts"] == 0 for r in relu)
+    for arm in S["arms"]:
+        n = len(arm["dense_widths"]) + len(arm["moe"]) + len(arm["shared"])
+        at = [r for r in added if r["config"]["activation"] == S["activation"]
+              and abs(r["train_fraction"] - arm["fraction"]) < 1e-3]
+        assert len(at) == n * len(experiments.SEEDS)
+        assert all(r["rule"] == "add" and r["steps"] == S["steps"] for r in at)
+
+
 def test_resting_parameters_rerun(experiments):
     """The first 200 steps of the four-expert MoE on the rule, seed 0, land on the stored curve."""
     d, S = data.load("resting_parameters"), experiments.RESTING

@@ -103,3 +103,26 @@ def test_myst_becomes_plain_markdown_for_slides():
     assert "(Brown et al., 2020)" in out and "Brown et al. (2020)" in out and "$x^2$" in out
     assert "<details><summary>Answer</summary>" in out and "</details>" in out and "**Note.**" in out
     assert "(sec-y)=" not in out and "{" not in out.replace("{glue", "")
+    # a chapter's raw link to the calculator leads, from a deck, to the built site's page; {doc} stays a deck
+    out = myst('<a href="calculator.html?model=mixtral-8x7b&experts=16">16 experts</a> and {doc}`02_dense`')
+    assert '<a href="../html/book/calculator.html?model=mixtral-8x7b&experts=16">' in out
+    assert '<a href="02_dense.slides.html">' in out
+
+
+def test_every_reference_is_cited_and_every_citation_is_a_reference():
+    """book/references.bib holds what the pages cite: every {cite} key has an entry, and every entry is cited
+    from some page (a chapter's markdown, or markdown one of its cells displays)."""
+    import json
+    import re
+
+    keys = set(re.findall(r"^@\w+\{([^,\s]+),", (ROOT / "book" / "references.bib").read_text(encoding="utf-8"), re.M))
+    texts = [p.read_text(encoding="utf-8") for p in (ROOT / "book").glob("*.md")]
+    for path in (ROOT / "book").glob("*.ipynb"):
+        for cell in json.loads(path.read_text(encoding="utf-8"))["cells"]:
+            texts.append("".join(cell["source"]) if cell["cell_type"] == "markdown" else "")
+            for out in cell.get("outputs", []):
+                texts.append("".join(out.get("data", {}).get("text/markdown", "")))
+    cited = {key.strip() for text in texts for keys_ in re.findall(r"\{cite(?::\w+)?\}`([^`]+)`", text)
+             for key in keys_.split(",")}
+    assert cited <= keys, f"cited without an entry: {sorted(cited - keys)}"
+    assert keys <= cited, f"entries no page cites: {sorted(keys - cited)}"

@@ -81,7 +81,8 @@ class ToyConfig:
         if not self.is_moe:
             return f"dense F={self.ffn_width}"
         shared = f"+shared {self.shared_width}" if self.shared_width else ""
-        return f"MoE E={self.experts}x{self.ffn_width}{shared}"
+        top = f" top-{self.top_k}" if self.top_k != 1 else ""
+        return f"MoE E={self.experts}x{self.ffn_width}{top}{shared}"
 
     # -- the formulas, by the names the chapters use ------------------------------------------
     def expert(self) -> FFN:

@@ -300,6 +300,79 @@ def test_a_preset_in_the_address_and_pyodide_fetched_once(page, context, server)
     assert not context.external and not context.errors
 
 
+# what calculator.js reads from the address (fromAddress)
+ADDRESS_KEYS = {"model", "variant", "experts", "E", "k", "top_k", "context", "seq_len", "T", "batch", "B", "causal",
+                "convention"}
+
+
+def chapter_presets() -> dict:
+    """Every link from a page of the built book to the calculator with a preset, by page: {page: [query, ...]}."""
+    import html
+    import re
+    import urllib.parse
+
+    out = {}
+    for built in sorted((SITE / "book").glob("*.html")):
+        if built.name == "calculator.html":
+            continue
+        hrefs = re.findall(r'href="calculator\.html\?([^"#]*)"', built.read_text(encoding="utf-8"))
+        if hrefs:
+            out[built.name] = [urllib.parse.parse_qs(html.unescape(h)) for h in hrefs]
+    return out
+
+
+def test_the_chapters_presets_are_ones_the_calculator_reads():
+    """The chapters link to the calculator (chapter 3: Mixtral with more experts and with more per token;
+    chapter 5: Switch-C's two versions, DeepSeek-V3 at its pre-training context), and every link names a catalog
+    model, a variant it has and only settings the page reads from its address."""
+    if _missing():
+        _skip_or_fail(_missing())
+    from whatruns import catalog
+
+    presets = chapter_presets()
+    for page, queries in presets.items():
+        for q in queries:
+            assert set(q) <= ADDRESS_KEYS and all(len(v) == 1 for v in q.values()), (page, q)
+            assert q["model"][0] in catalog.names(), (page, q)
+            if "variant" in q:
+                assert q["variant"][0] in catalog.entry(q["model"][0]).variants, (page, q)
+    flat = {page: [{k: v[0] for k, v in q.items()} for q in queries] for page, queries in presets.items()}
+    assert {"model": "mixtral-8x7b", "experts": "16"} in flat.get("03_moe.html", []), flat
+    assert {"model": "mixtral-8x7b", "experts": "8", "k": "4"} in flat["03_moe.html"], flat
+    chapter5 = flat.get("05_real_models.html", [])
+    assert {"model": "switch-c-2048", "variant": "paper"} in chapter5 and {"model": "switch-c-2048"} in chapter5
+    context = catalog.entry("deepseek-v3").published["pretraining_context"].value
+    assert {"model": "deepseek-v3", "context": str(int(context))} in chapter5, chapter5
+
+
+def test_a_chapter_link_opens_its_preset(context, server):
+    """Chapter 3's link to Mixtral 8x7B with 16 experts, clicked in the browser, opens the calculator counting that
+    spec: the library's count of Mixtral with E = 16 and its k of 2."""
+    import whatruns
+    from whatruns.calc import with_experts
+
+    tab = context.new_page()
+    tab.on("console", lambda m: context.errors.append(m.text) if m.type == "error" and not _favicon(m) else None)
+    tab.on("pageerror", lambda e: context.errors.append(str(e)))
+    try:
+        tab.goto(f"{server}/book/03_moe.html", wait_until="load")
+        link = tab.locator('a[href="calculator.html?model=mixtral-8x7b&experts=16"]')
+        assert link.count() == 1
+        link.click()
+        tab.wait_for_url("**/book/calculator.html?model=mixtral-8x7b&experts=16*")
+        tab.wait_for_function("() => ['ready', 'error', 'failed'].includes("
+                              "document.getElementById('whatruns-calculator').dataset.state)", timeout=BOOT_TIMEOUT_MS)
+        settle(tab)
+        assert not tab.is_visible("#calc-error"), tab.inner_text("#calc-error")
+        got = shown(tab)
+        c = whatruns.count(with_experts(whatruns.catalog.entry("mixtral-8x7b").spec(), 16))
+        assert got["total_params"] == c.total_params and got["flops_per_token"] == c.flops_per_token
+        assert tab.input_value("#calc-experts") == "16" and tab.input_value("#calc-model") == "mixtral-8x7b"
+    finally:
+        tab.close()
+    assert not context.external and not context.errors
+
+
 def test_opened_from_disk_it_says_what_it_needs(context):
     tab = context.new_page()
     errors = []
