@@ -47,6 +47,13 @@ F_SAME_FLOPS, F_SAME_PARAMS = K * F_EXPERT, E * F_EXPERT
 DEFAULT_STRATEGIES = ("auto", "threads", "loop", "grouped_mm", "gather", "onehot")  # "dense" (every expert on every token) is slower still
 
 
+def _machine() -> dict:
+    """What a stored run says of the machine it ran on: the CPU and torch's kernels for it, threads, cores, load."""
+    return {"cpu": cpu_name(), "capability": torch.backends.cpu.get_cpu_capability(),
+            "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+            "loadavg": os.getloadavg() if hasattr(os, "getloadavg") else None}
+
+
 def hf_config(model_type: str, ffn_width: int) -> dict:
     """A one-layer Hugging Face config of the benchmark's sizes."""
     config = dict(model_type=model_type, vocab_size=VOCAB, hidden_size=D, num_hidden_layers=1,
@@ -130,9 +137,7 @@ def run(strategies=None, repeats: int = 7, threads: int = None, dtype=torch.floa
     a, b = median.get("same FLOPs (a)"), median.get("same params (b)")
     result = {
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpu": cpu_name(), "capability": torch.backends.cpu.get_cpu_capability(),
-                    "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-                    "loadavg": os.getloadavg() if hasattr(os, "getloadavg") else None,
+                    **_machine(),
                     "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
                     "torch": torch.__version__, "dtype": str(dtype).replace("torch.", "")},
         "sizes": {"D": D, "heads": HEADS, "vocab": VOCAB, "B": batch, "T": T, "E": E, "k": K, "F_expert": F_EXPERT,
@@ -341,10 +346,7 @@ def compare(repeats: int = 5, train_repeats: int = 3, tokens=PEER_TOKENS, train_
                               "busiest": busiest, "mean": mean, "times_s": times, "median_s": median,
                               "over_dense": median["whatruns"] / median["dense (a)"],
                               "over_transformers": median["whatruns"] / median[best], "best_transformers": best})
-    return {"machine": {"cpu": cpu_name(), "capability": torch.backends.cpu.get_cpu_capability(),
-                        "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-                        "loadavg": os.getloadavg() if hasattr(os, "getloadavg") else None,
-                        "torch": torch.__version__, "transformers": _transformers_version()},
+    return {"machine": {**_machine(), "torch": torch.__version__, "transformers": _transformers_version()},
             "strategy": moe_layer.strategy, "tolerance": TOLERANCE, "max_gap": gaps,
             "repeats": repeats, "train_repeats": train_repeats, "cells": cells}
 
@@ -371,8 +373,9 @@ def _train_step(f, module, x, scope):
 def report_compare(c: dict) -> str:
     """:func:`compare`'s numbers as a table, and the default strategy against issue 13's targets."""
     m = c["machine"]
+    load = f", load average {m['loadavg'][0]:.1f}" if m["loadavg"] else ""
     lines = [f"whatruns (default strategy {c['strategy']!r}) against transformers {m['transformers']}: {m['cpu']}, "
-             f"{m['threads']} threads, load average {m['loadavg'][0]:.1f} on {m['cpus']} cpus" if m["loadavg"] else "",
+             f"{m['threads']} threads{load} on {m['cpus']} cpus",
              f"outputs checked equal before timing: within {max(c['max_gap'].values()):.1e} "
              f"(tolerance {c['tolerance']:.0e}) on every input",
              f"{'scope':6s} {'mode':8s} {'routing':9s} {'tokens':>6s} {'busiest/mean':>12s} "
