@@ -125,6 +125,81 @@ def _grads(layer, x, seed=0):
     return y.detach(), {"x": x.grad, **{n: p.grad for n, p in layer.named_parameters() if p.grad is not None}}
 
 
+KINDS = [
+    MoE(8, 2, FFN(8, gated=True, bias=True)),
+    MoE(8, 2, FFN(8, gated=False, activation="relu2"), capacity_factor=0.5),
+    MoE(8, 1, FFN(8, clamp=2.0)),
+    MoE(8, 2, FFN(8), weight_input=True),                       # Llama 4: the weight scales the expert's input
+    MoE(8, 2, FFN(8), shared=FFN(8), shared_experts=1, router="sigmoid_topk"),
+]
+KIND_IDS = ["gated-bias", "plain-relu2-cf", "clamped", "weight-input", "shared-sigmoid"]
+
+
+@pytest.mark.parametrize("moe", KINDS, ids=KIND_IDS)
+def test_threads_infers_exactly_as_the_loop(two_threads, moe):
+    """Without gradients each expert gathers its own rows on its thread: the loop's numbers bit for bit."""
+    layers = _pair(moe)
+    x = torch.randn(48, 16, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert torch.equal(layers["threads"](x), layers["loop"](x))
+
+
+def test_expert_weights_keep_their_in_out_layout():
+    """Expert weights are shaped (E, out, in) but laid out (E, in, out), each expert's matrix read row by row;
+    the layout survives what a user does to a model: a state dict loaded or saved, a dtype, a deep copy."""
+    import copy
+    import io
+
+    def laid_out(layer):
+        ex = layer.experts
+        return all(W.shape[0] == 8 and W[e].t().is_contiguous() for W in (ex.gate, ex.up, ex.down) for e in range(8))
+
+    torch.manual_seed(0)
+    layer = MoELayer(16, MoE(8, 2, FFN(12)), "auto")
+    assert layer.experts.up.shape == (8, 12, 16) and layer.experts.down.shape == (8, 16, 12) and laid_out(layer)
+    other = MoELayer(16, MoE(8, 2, FFN(12)), "auto")
+    other.load_state_dict({k: v.contiguous() for k, v in layer.state_dict().items()})  # from (E, out, in) tensors
+    assert laid_out(other) and torch.equal(other.experts.up, layer.experts.up)
+    buffer = io.BytesIO()
+    torch.save(layer.state_dict(), buffer)
+    buffer.seek(0)
+    third = MoELayer(16, MoE(8, 2, FFN(12)), "auto")
+    third.load_state_dict(torch.load(buffer))
+    assert laid_out(third) and torch.equal(third.experts.down, layer.experts.down)
+    assert laid_out(copy.deepcopy(layer)) and laid_out(copy.deepcopy(layer).to(torch.float64))
+
+
+def test_deal_out_keeps_its_worker_threads_between_calls(two_threads):
+    seen = []
+
+    def work(e):
+        seen.append(threading.get_ident())
+
+    _deal_out(work, list(range(6)), [1] * 6)
+    first = set(seen) - {threading.get_ident()}
+    seen.clear()
+    _deal_out(work, list(range(6)), [1] * 6)
+    workers = {t.ident for t in threading.enumerate() if t.name.startswith("whatruns-experts")}
+    assert (set(seen) - {threading.get_ident()}) <= workers and first <= workers and len(workers) == 1
+
+
+def test_deal_out_starts_workers_of_its_own_in_a_forked_process(two_threads):
+    """Threads do not survive a fork: a forked child starts workers of its own rather than waiting forever on
+    its parent's. (The work is plain Python: torch's own OpenMP threads hang a forked child at its first
+    parallel operation, whatever the strategy.)"""
+    import multiprocessing
+    _deal_out(lambda e: None, [0, 1], [1, 1])  # the parent's workers are running now
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        done, workers = pool.apply_async(_deal_out_in_child).get(timeout=60)
+    assert done == [0, 1, 2, 3] and workers == ["whatruns-experts-0"]
+
+
+def _deal_out_in_child():
+    done = []
+    _deal_out(done.append, [0, 1, 2, 3], [4, 3, 2, 1])
+    return sorted(done), [t.name for t in threading.enumerate() if t.name.startswith("whatruns-experts")]
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("moe", [
     MoE(8, 2, FFN(8, gated=True, bias=True)),
@@ -257,3 +332,11 @@ def test_run_reuses_built_models_and_counts_their_flops():
     assert r["measured_flops"]["moe/gather"] > r["measured_flops"]["moe/loop"]   # padded to the busiest expert
     assert r["measured_flops"]["same FLOPs (a)"] == per_token["same FLOPs (a)"] * bench.T
     assert r["moe_over_a"] == {s: r["median_s"][f"moe/{s}"] / r["median_s"]["same FLOPs (a)"] for s in ("loop", "gather")}
+
+
+def test_interleaved_times_rotates_the_order_each_round():
+    calls = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in "abc"}
+    times = bench.interleaved_times(fns, repeats=3, warmup=0)
+    assert calls == list("abc" "bca" "cab")  # each first once, each after each of the others
+    assert {name: len(t) for name, t in times.items()} == {"a": 3, "b": 3, "c": 3}

@@ -96,14 +96,19 @@ def forward(model, strategy, ids):
 
 
 def interleaved_times(fns: dict, repeats: int, warmup: int = 1, sync=lambda: None) -> dict:
-    """Name -> list of seconds: each round calls every function once, in turn."""
+    """Name -> list of seconds: each round calls every function once, in turn, the order rotated by one each
+    round, so that no function always runs first, or always after the same one (what ran just before leaves
+    the caches and the allocator in its own state: a fixed order once timed two runs of the same code 11%
+    apart)."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     sync()
     times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
+    names = list(fns)
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            fn = fns[name]
             t0 = time.perf_counter()
             fn()
             sync()
