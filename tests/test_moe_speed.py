@@ -13,7 +13,7 @@ from whatruns.measure import count_flops
 from whatruns import bench
 from torch.utils.flop_counter import FlopCounterMode
 
-from whatruns.nn import MoELayer, _DealtOutExperts, _Plan, _deal_out, auto_strategy
+from whatruns.nn import THREADS_MIN_ROWS, MoELayer, _DealtOutExperts, _Plan, _deal_out, auto_strategy
 
 
 @pytest.mark.parametrize("cf", [None, 0.5, 1.0])
@@ -252,8 +252,25 @@ def test_auto_is_threads_on_cpu_and_grouped_mm_where_threads_would_not_see_the_s
     assert auto_strategy(torch.empty(4, 16, device="meta")) == "grouped_mm"   # not a CPU
     with torch.no_grad():
         assert auto_strategy(x) == "threads"                    # inference and training alike
+    assert auto_strategy(x, THREADS_MIN_ROWS) == "threads"
+    assert auto_strategy(x, THREADS_MIN_ROWS - 0.5) == "grouped_mm"  # decoding-sized: products shared by threads
     monkeypatch.setattr(torch.jit, "is_tracing", lambda: True)
     assert auto_strategy(x) == "grouped_mm"
+
+
+def test_auto_picks_by_the_rows_its_experts_get(two_threads, monkeypatch):
+    """A layer's "auto" asks for the routed rows per expert of the call: 8 experts, top-2, so 96 tokens give 24
+    rows each (threads) and 88 give 22 (grouped)."""
+    import whatruns.nn as wnn
+    asked = []
+    choose = wnn.auto_strategy
+    monkeypatch.setattr(wnn, "auto_strategy", lambda x, rows: asked.append(choose(x, rows)) or asked[-1])
+    torch.manual_seed(0)
+    layer = MoELayer(16, MoE(8, 2, FFN(8)), "auto")
+    with torch.no_grad():
+        for n in (96, 88):
+            layer(torch.randn(n, 16))
+    assert asked == ["threads", "grouped_mm"]
 
 
 def test_auto_is_the_default_and_counts_as_grouped_mm(two_threads):
