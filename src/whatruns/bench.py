@@ -10,7 +10,8 @@ built with ``whatruns.build`` from Hugging Face configs:
 * (a) -- Llama-type, FFN width 2048: the same active FLOPs per token as the MoE model;
 * (b) -- Llama-type, FFN width 65,536: the same total parameters as the MoE model.
 
-Targets: moe / (a) <= 1.2 and (b) / moe >= 10. Other engineers' jobs may share the machine, so the
+Targets: moe / (a) <= 1.1 for the default strategy (:data:`TARGETS`; issue 5 asked 1.2 of the best) and
+(b) / moe >= 10. Other engineers' jobs may share the machine, so the
 models run interleaved -- one forward pass of each in turn, ``repeats`` rounds -- and the report
 is the ratio of medians, which the shared load inflates alike. Each MoE dispatch strategy is timed
 the same way. :func:`run` returns the numbers (the stored run is ``whatruns.data.load("moe_speed_cpu")``),
@@ -179,7 +180,8 @@ def report(r: dict) -> str:
     if "auto" in r["moe_over_a"]:
         lines.append(f"default strategy ('auto'): moe / (a) = {r['moe_over_a']['auto']:.2f} "
                      f"(target <= {TARGETS['forward / dense']})")
-    lines.append(f"best strategy: {best}: moe / (a) = {r['moe_over_a'][best]:.2f} (target <= 1.2), "
+    lines.append(f"best strategy: {best}: moe / (a) = {r['moe_over_a'][best]:.2f} "
+                 f"(target <= {TARGETS['forward / dense']} for the default), "
                  f"(b) / moe = {r['b_over_moe'][best]:.1f} (target >= 10)")
     return "\n".join(lines)
 
