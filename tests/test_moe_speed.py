@@ -351,9 +351,51 @@ def test_run_reuses_built_models_and_counts_their_flops():
     assert r["moe_over_a"] == {s: r["median_s"][f"moe/{s}"] / r["median_s"]["same FLOPs (a)"] for s in ("loop", "gather")}
 
 
-def test_interleaved_times_rotates_the_order_each_round():
+def test_interleaved_times_draws_the_order_afresh_each_round():
     calls = []
-    fns = {name: (lambda name=name: calls.append(name)) for name in "abc"}
-    times = bench.interleaved_times(fns, repeats=3, warmup=0)
-    assert calls == list("abc" "bca" "cab")  # each first once, each after each of the others
-    assert {name: len(t) for name, t in times.items()} == {"a": 3, "b": 3, "c": 3}
+    fns = {name: (lambda name=name: calls.append(name)) for name in "abcd"}
+    times = bench.interleaved_times(fns, repeats=40, warmup=0)
+    rounds = [calls[i:i + 4] for i in range(0, len(calls), 4)]
+    assert all(sorted(r) == list("abcd") for r in rounds)                        # each once a round
+    assert {r[0] for r in rounds} == set("abcd")                                  # each of them first sometimes
+    follows = {(r[i], r[i + 1]) for r in rounds for i in range(3)}
+    assert follows == {(x, y) for x in "abcd" for y in "abcd" if x != y}          # and right after each other
+    assert {name: len(t) for name, t in times.items()} == dict.fromkeys("abcd", 40)
+    assert bench.interleaved_times(fns, repeats=2, warmup=0) and calls[160:] == calls[:8]   # seeded
+
+
+def _train_step(layer, x):
+    layer(x).square().sum().backward()
+    return {n: p.grad for n, p in layer.named_parameters() if n.startswith("experts.")}
+
+
+def test_threads_reuses_gradient_memory_only_when_nothing_else_holds_it(two_threads):
+    """Step after step, "threads" writes the experts' gradient into the memory of the last one (a fresh
+    allocation must be mapped and zeroed by the OS, page by page); the gradients stay the loop's -- an expert
+    chosen in one step and idle in the next gets zeros, not its old gradient -- and memory still held (a
+    gradient kept, or accumulated into) is never written."""
+    layers = _pair(MoE(8, 1, FFN(8)))
+    g = torch.Generator().manual_seed(5)
+    xs = [torch.randn(6, 16, generator=g) for _ in range(4)]   # 6 tokens, top-1: some experts idle each step
+    idle = [set(range(8)) - set(layers["loop"].route(x)[0].flatten().tolist()) for x in xs]
+    assert any(idle[i + 1] - idle[i] for i in range(3))          # an expert chosen in one step, idle in the next
+    ptrs, held = [], None
+    for i, x in enumerate(xs):
+        for layer in layers.values():
+            layer.zero_grad(set_to_none=True)
+        expected, got = _train_step(layers["loop"], x), _train_step(layers["threads"], x)
+        for name in expected:
+            torch.testing.assert_close(got[name], expected[name], msg=name)
+        ptrs.append(got["experts.up"].untyped_storage().data_ptr())
+        if i == 2:  # a reference kept: the next step must not write into it
+            held, held_value = got["experts.up"], got["experts.up"].clone()
+        del got
+    assert ptrs[0] == ptrs[1] == ptrs[2] != ptrs[3]
+    assert torch.equal(held, held_value)
+    # accumulated over steps (no zero_grad in between): the sum of the loop's, into p.grad's own memory
+    for layer in layers.values():
+        layer.zero_grad(set_to_none=True)
+    for x in xs:
+        expected, got = _train_step(layers["loop"], x), _train_step(layers["threads"], x)
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], msg=name)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import os
 import platform
+import random
 import statistics
 import time
 
@@ -96,19 +97,19 @@ def forward(model, strategy, ids):
     return model(ids)
 
 
-def interleaved_times(fns: dict, repeats: int, warmup: int = 1, sync=lambda: None) -> dict:
-    """Name -> list of seconds: each round calls every function once, in turn, the order rotated by one each
-    round, so that no function always runs first, or always after the same one (what ran just before leaves
-    the caches and the allocator in its own state: a fixed order once timed two runs of the same code 11%
-    apart)."""
+def interleaved_times(fns: dict, repeats: int, warmup: int = 1, sync=lambda: None, seed: int = 0) -> dict:
+    """Name -> list of seconds: each round calls every function once, in an order drawn afresh each round
+    (seeded), so that no function always runs first, or always right after the same one: what ran just before
+    leaves the caches and the allocator in its own state (in a fixed order, two runs of the same code were
+    timed 8-11% apart, the one after the largest model the slower)."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     sync()
     times = {name: [] for name in fns}
-    names = list(fns)
-    for r in range(repeats):
-        for name in names[r % len(names):] + names[:r % len(names)]:
+    names, order = list(fns), random.Random(seed)
+    for _ in range(repeats):
+        for name in order.sample(names, len(names)):
             fn = fns[name]
             t0 = time.perf_counter()
             fn()

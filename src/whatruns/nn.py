@@ -22,6 +22,7 @@ import warnings
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.weak
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from .spec import FFN, Attention, Block, EmbeddingModel, LinearAttention, Mamba2, MoE, Norm, Rope, SpecError, Transformer
@@ -1174,7 +1175,7 @@ class _DealtOutExperts(torch.autograd.Function):
         def weight_grad(p, i):  # unchosen experts get zeros; chosen ones are written whole by their thread
             if p is None or not need[i]:
                 return None
-            g = torch.empty_like(p)
+            g = _grad_like(p)
             for e, n in enumerate(plan.counts):
                 if not n:
                     g[e].zero_()
@@ -1226,6 +1227,30 @@ class _DealtOutExperts(torch.autograd.Function):
 
         _deal_out(work, plan.chosen, plan.counts)
         return None, d_rows, d_w, dg, du, dd, dgb, dub, ddb
+
+
+_GRAD_MEMORY = torch.utils.weak.WeakIdKeyDictionary()
+
+
+def _grad_like(p: torch.Tensor) -> torch.Tensor:
+    """A tensor to write the gradient of expert weight ``p`` into, shaped and laid out like ``p``: in the memory
+    of the last one handed out for ``p`` when nothing else holds that memory any more, else new memory.
+
+    A training loop sets every gradient to None after each step (``zero_grad``'s default), so each backward
+    would otherwise write the experts' whole gradient into fresh memory, which the operating system must map
+    and zero page by page: on a 2-core Xeon, 402 MB (the benchmark's experts) took 143 ms fresh against 26 ms
+    rewritten, a third of what the training step's expert backward costs beyond the dense model's. The memory
+    is kept with ``p`` (freed with it): one gradient's worth per expert weight stays allocated between steps.
+    Memory still held elsewhere -- ``p.grad`` kept to accumulate into, or a reference the user took -- is
+    never written (its count of users shows it): the gradient then goes to new memory, kept in its place."""
+    kept = _GRAD_MEMORY.get(p)
+    key = (p.dtype, p.device, p.shape, p.stride())
+    use_count = getattr(torch._C, "_storage_Use_Count", None)
+    if kept is not None and kept[0] == key and use_count is not None and use_count(kept[1]._cdata) == 1:
+        return torch.empty(0, dtype=p.dtype, device=p.device).set_(kept[1], 0, p.shape, p.stride())
+    g = torch.empty_like(p)
+    _GRAD_MEMORY[p] = (key, g.untyped_storage())
+    return g
 
 
 def _deal_out(work, experts: list, rows: list):
