@@ -300,7 +300,7 @@ def _routing(layer_in, moe_layer):
     return int(load.max()), float(load.float().mean())
 
 
-def compare(repeats: int = 5, train_repeats: int = 3, tokens=PEER_TOKENS, train_tokens=TRAIN_TOKENS,
+def compare(repeats: int = 9, train_repeats: int = 5, tokens=PEER_TOKENS, train_tokens=TRAIN_TOKENS,
             threads: int = None, built: dict = None, seed: int = 0) -> dict:
     """whatruns' MoE model with its default strategy against transformers' two implementations and the dense
     model (a), interleaved, ratio of medians: as a whole model (ids from the benchmark's 64-token
