@@ -392,6 +392,10 @@ def test_threads_reuses_gradient_memory_only_when_nothing_else_holds_it(two_thre
         del got
     assert ptrs[0] == ptrs[1] == ptrs[2] != ptrs[3]
     assert torch.equal(held, held_value)
+    from whatruns.nn import _GRAD_MEMORY, release_gradient_memory
+    assert any(p is layers["threads"].experts.up for p in _GRAD_MEMORY.keys())
+    release_gradient_memory()
+    assert not any(p is layers["threads"].experts.up for p in _GRAD_MEMORY.keys())
     # accumulated over steps (no zero_grad in between): the sum of the loop's, into p.grad's own memory
     for layer in layers.values():
         layer.zero_grad(set_to_none=True)

@@ -1242,7 +1242,8 @@ def _grad_like(p: torch.Tensor) -> torch.Tensor:
     rewritten, a third of what the training step's expert backward costs beyond the dense model's. The memory
     is kept with ``p`` (freed with it): one gradient's worth per expert weight stays allocated between steps.
     Memory still held elsewhere -- ``p.grad`` kept to accumulate into, or a reference the user took -- is
-    never written (its count of users shows it): the gradient then goes to new memory, kept in its place."""
+    never written (its count of users shows it): the gradient then goes to new memory, kept in its place.
+    :func:`release_gradient_memory` lets go of all of it."""
     kept = _GRAD_MEMORY.get(p)
     key = (p.dtype, p.device, p.shape, p.stride())
     use_count = getattr(torch._C, "_storage_Use_Count", None)
@@ -1251,6 +1252,12 @@ def _grad_like(p: torch.Tensor) -> torch.Tensor:
     g = torch.empty_like(p)
     _GRAD_MEMORY[p] = (key, g.untyped_storage())
     return g
+
+
+def release_gradient_memory() -> None:
+    """Let go of the memory ``"threads"`` keeps for the experts' next gradients (after training, say, when the
+    model only infers): the next backward writes into new memory again."""
+    _GRAD_MEMORY.clear()
 
 
 def _deal_out(work, experts: list, rows: list):
