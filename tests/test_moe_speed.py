@@ -137,22 +137,34 @@ KIND_IDS = ["gated-bias", "plain-relu2-cf", "clamped", "weight-input", "shared-s
 
 @pytest.mark.parametrize("moe", KINDS, ids=KIND_IDS)
 def test_threads_infers_exactly_as_the_loop(two_threads, moe):
-    """Without gradients each expert gathers its own rows on its thread: the loop's numbers bit for bit."""
+    """Without gradients each expert gathers its own rows on its thread: the loop's numbers, bit for bit where
+    gate and up are two products as in the loop, and up to float rounding where one product computes both
+    (their shared block, no biases): the same sums, blocked differently by the math library."""
     layers = _pair(moe)
     x = torch.randn(48, 16, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
-        assert torch.equal(layers["threads"](x), layers["loop"](x))
+        fused = layers["threads"]._fused() is not None
+        assert fused == (moe.expert.gated and not moe.expert.bias)
+        out, loop = layers["threads"](x), layers["loop"](x)
+        torch.testing.assert_close(out, loop, rtol=1e-5, atol=1e-7)
+        assert fused or torch.equal(out, loop)
+        if fused:  # the block broken: two products again, bit for bit
+            layers["threads"].experts.gate.data = layers["threads"].experts.gate.contiguous()
+            assert layers["threads"]._fused() is None and torch.equal(layers["threads"](x), loop)
 
 
 def test_expert_weights_keep_their_in_out_layout():
-    """Expert weights are shaped (E, out, in) but laid out (E, in, out), each expert's matrix read row by row;
-    the layout survives what a user does to a model: a state dict loaded or saved, a dtype, a deep copy."""
+    """Expert weights are shaped (E, out, in) but laid out (E, in, out), each expert's matrix read row by row,
+    gate and up side by side in one block; the layout survives what a user does to a model: a state dict loaded
+    or saved, a dtype, a deep copy, a pickle."""
     import copy
     import io
 
     def laid_out(layer):
-        ex = layer.experts
-        return all(W.shape[0] == 8 and W[e].t().is_contiguous() for W in (ex.gate, ex.up, ex.down) for e in range(8))
+        ex, (E, F_, D) = layer.experts, layer.experts.up.shape
+        both = ex.gate_up()  # gate and up side by side, one block, (E, D, 2F)
+        return (both is not None and both.is_contiguous() and torch.equal(both[:, :, :F_], ex.gate.transpose(1, 2))
+                and torch.equal(both[:, :, F_:], ex.up.transpose(1, 2)) and all(ex.down[e].t().is_contiguous() for e in range(E)))
 
     torch.manual_seed(0)
     layer = MoELayer(16, MoE(8, 2, FFN(12)), "auto")
@@ -167,6 +179,13 @@ def test_expert_weights_keep_their_in_out_layout():
     third.load_state_dict(torch.load(buffer))
     assert laid_out(third) and torch.equal(third.experts.down, layer.experts.down)
     assert laid_out(copy.deepcopy(layer)) and laid_out(copy.deepcopy(layer).to(torch.float64))
+    buffer = io.BytesIO()
+    torch.save(layer, buffer)
+    buffer.seek(0)
+    again = torch.load(buffer, weights_only=False)
+    assert laid_out(again) and torch.equal(again.experts.gate, layer.experts.gate)
+    plain = MoELayer(16, MoE(8, 2, FFN(12, gated=False)), "auto")   # no gate: up and down each (E, in, out)
+    assert plain.experts.gate_up() is None and all(plain.experts.up[e].t().is_contiguous() for e in range(8))
 
 
 def test_deal_out_keeps_its_worker_threads_between_calls(two_threads):

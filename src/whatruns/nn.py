@@ -757,9 +757,12 @@ class Mamba2Mixer(nn.Module):
 class Experts(nn.Module):
     """E expert FFNs, their weights 3-D parameters in ``nn.Linear``'s orientation (and Hugging Face's):
     ``up[e]`` is expert e's (F, D) matrix, applied as ``F.linear(x, up[e])``. In memory each is laid out
-    (E, in, out) -- ``up[e].t()`` is contiguous -- so that an expert's product reads its weight row by
-    row: at the tens of rows an expert gets, that ran the experts 8-18% faster than the (E, out, in) layout
-    on a 2-core Xeon (chapter 7); ``load_state_dict``, ``.to`` and optimizers keep the layout."""
+    (E, in, out) -- ``up[e].t()`` is contiguous -- so that an expert's product reads its weight row by row
+    (at the tens of rows an expert gets, 8-18% faster than the (E, out, in) layout on a 2-core Xeon,
+    chapter 7); a gated FFN's ``gate`` and ``up`` share one block, (E, D, 2F), each input's gate outputs
+    then its up outputs, so that without gradients one product computes both (:meth:`gate_up`), as
+    transformers' fused ``gate_up_proj`` does. :meth:`lay_out` makes the layout; ``load_state_dict`` and
+    optimizers keep it, and ``.to()``, a deep copy or unpickling make it again."""
 
     def __init__(self, E: int, D: int, f: FFN):
         super().__init__()
@@ -775,6 +778,42 @@ class Experts(nn.Module):
         self.gate_bias = nn.Parameter(torch.zeros(E, F_)) if f.gated and f.bias else None
         self.up_bias = nn.Parameter(torch.zeros(E, F_)) if f.bias else None
         self.down_bias = nn.Parameter(torch.zeros(E, D)) if f.bias else None
+        self.lay_out()
+
+    @torch.no_grad()
+    def lay_out(self) -> None:
+        """Lay the weights out as the fast paths read them (the values and shapes unchanged): each matrix
+        (E, in, out) in memory, ``gate`` and ``up`` side by side in one (E, D, 2F) block."""
+        for W in (self.down,) if self.gate is not None else (self.up, self.down):
+            if not W[0].t().is_contiguous() or W.stride(0) != W[0].numel():
+                W.data = W.transpose(1, 2).contiguous().transpose(1, 2)
+        if self.gate is not None and self.gate_up() is None:
+            E, F_, D = self.up.shape
+            both = self.up.new_empty(E, D, 2 * F_)
+            both[:, :, :F_] = self.gate.transpose(1, 2)
+            both[:, :, F_:] = self.up.transpose(1, 2)
+            self.gate.data, self.up.data = both[:, :, :F_].transpose(1, 2), both[:, :, F_:].transpose(1, 2)
+
+    def gate_up(self):
+        """``gate`` and ``up`` as one (E, D, 2F) tensor, a view of their shared memory (no copy, no autograd):
+        ``x @ gate_up()[e]`` is ``[x @ gate[e].T, x @ up[e].T]``. None if they are not laid out so."""
+        g, u = self.gate, self.up
+        if g is None or g.dtype != u.dtype or g.device != u.device:
+            return None
+        E, F_, D = g.shape
+        if not (g.stride() == u.stride() == (2 * F_ * D, 1, 2 * F_) and u.storage_offset() == g.storage_offset() + F_
+                and g.untyped_storage().data_ptr() == u.untyped_storage().data_ptr()):
+            return None
+        return g.detach().as_strided((E, D, 2 * F_), (2 * F_ * D, 2 * F_, 1), g.storage_offset())
+
+    def _apply(self, fn, recurse=True):
+        out = super()._apply(fn, recurse)
+        self.lay_out()
+        return out
+
+    def __setstate__(self, state):  # a deep copy or an unpickled module: laid out again
+        super().__setstate__(state)
+        self.lay_out()
 
     def run(self, x, matmul, pick):
         """The experts on rows ``x``: ``matmul(x, W)`` multiplies by the (E, out, in) weight
@@ -994,16 +1033,34 @@ class MoELayer(nn.Module):
             rows = x.index_select(0, token)  # the routed rows, by expert (autograd scatters their gradient back)
             out = _DealtOutExperts.apply(plan, rows, weight, *weights)
         else:
-            out = _experts_infer(plan, x, token, weight, *weights)
+            out = _experts_infer(plan, x, token, weight, *weights, both=self._fused())
         return torch.zeros_like(x).index_add_(0, token, out)
+
+    def _fused(self):
+        """The experts' gate and up as one block (:meth:`Experts.gate_up`) where a product may read them as one:
+        without biases, and with nothing asking for their gradients; else None."""
+        ex = self.experts
+        if ex.gate is None or ex.gate_bias is not None or ex.up_bias is not None:
+            return None
+        if torch.is_grad_enabled() and (ex.gate.requires_grad or ex.up.requires_grad):
+            return None
+        return ex.gate_up()
 
     def _grouped_mm(self, x, expert, token, weight, slot, cap):
         order = expert.argsort(stable=True)
         expert, token, weight = expert[order], token[order], weight[order]
         offs = torch.bincount(expert, minlength=self.m.experts).cumsum(0).to(torch.int32)
         rows = x[token] * weight[:, None] if self.m.weight_input else x[token]
-        out = self.experts.run(rows, lambda h, W: torch._grouped_mm(h, W.transpose(1, 2), offs=offs),
-                               lambda b: b[expert])
+        grouped = (lambda h, W: torch._grouped_mm(h, W.transpose(1, 2), offs=offs))
+        both, ex = self._fused(), self.experts
+        if both is not None:  # gate and up in one grouped product, as transformers' fused gate_up_proj
+            F_ = ex.up.shape[1]
+            h = torch._grouped_mm(rows, both, offs=offs)
+            h = activate(ex.act, h[:, :F_], h[:, F_:], ex.clamp)
+            out = grouped(h, ex.down)
+            out = out if ex.down_bias is None else out + ex.down_bias[expert]
+        else:
+            out = self.experts.run(rows, grouped, lambda b: b[expert])
         return torch.zeros_like(x).index_add_(0, token, out if self.m.weight_input else out * weight[:, None])
 
     def _dense(self, x, expert, token, weight, slot, cap):
@@ -1093,12 +1150,13 @@ def _linear(h, W, b, e, out=None):
     return torch.addmm(b[e], h, W[e].t(), out=out)
 
 
-def _experts_infer(plan, x, token, w, gate, up, down, gate_bias, up_bias, down_bias):
+def _experts_infer(plan, x, token, w, gate, up, down, gate_bias, up_bias, down_bias, both=None):
     """The ``"threads"`` strategy without gradients: each expert gathers its own rows of ``x`` (``token``, sorted
     by expert) on its thread and runs them through its products into fresh small tensors, which the
     allocator hands back to the next expert while they are still in the core's cache; only the output (S, D),
     each row times its weight ``w``, is one buffer. (Writing every expert's intermediates into buffers of
-    all S rows instead ran the experts 5-15% slower on a 2-core Xeon.)"""
+    all S rows instead ran the experts 5-15% slower on a 2-core Xeon.) With ``both``, gate and up's shared
+    block (:meth:`MoELayer._fused`), one product computes both."""
     Y = x.new_empty(token.shape[0], down.shape[1])
     st, into = plan.starts, plan.into
 
@@ -1107,13 +1165,18 @@ def _experts_infer(plan, x, token, w, gate, up, down, gate_bias, up_bias, down_b
         xs = x.index_select(0, token[s:t])
         if into:
             xs.mul_(w[s:t, None])
-        b = _linear(xs, up, up_bias, e)
-        h = activate(plan.act, _linear(xs, gate, gate_bias, e), b, plan.clamp) if gate is not None \
-            else activate(plan.act, b, clamp=plan.clamp)
+        if both is not None:  # gate and up side by side in memory: one product for both
+            ab = torch.mm(xs, both[e])
+            h = activate(plan.act, ab[:, :F_], ab[:, F_:], plan.clamp)
+        else:
+            b = _linear(xs, up, up_bias, e)
+            h = activate(plan.act, _linear(xs, gate, gate_bias, e), b, plan.clamp) if gate is not None \
+                else activate(plan.act, b, clamp=plan.clamp)
         y = _linear(h, down, down_bias, e, Y[s:t])
         if not into:
             y.mul_(w[s:t, None])
 
+    F_ = up.shape[1]
     _deal_out(work, plan.chosen, plan.counts)
     return Y
 
@@ -1245,12 +1308,16 @@ def _grad_like(p: torch.Tensor) -> torch.Tensor:
     never written (its count of users shows it): the gradient then goes to new memory, kept in its place.
     :func:`release_gradient_memory` lets go of all of it."""
     kept = _GRAD_MEMORY.get(p)
-    key = (p.dtype, p.device, p.shape, p.stride())
     use_count = getattr(torch._C, "_storage_Use_Count", None)
-    if kept is not None and kept[0] == key and use_count is not None and use_count(kept[1]._cdata) == 1:
-        return torch.empty(0, dtype=p.dtype, device=p.device).set_(kept[1], 0, p.shape, p.stride())
-    g = torch.empty_like(p)
-    _GRAD_MEMORY[p] = (key, g.untyped_storage())
+    if kept is not None and use_count is not None and use_count(kept[1]._cdata) == 1:
+        (dtype, device, shape, stride), storage = kept
+        if (dtype, device, shape) == (p.dtype, p.device, p.shape):
+            return torch.empty(0, dtype=dtype, device=device).set_(storage, 0, shape, stride)
+    # autograd keeps a gradient as given only if it has p's strides, where p has memory of its own, else if it is
+    # contiguous (gate and up, which share a block)
+    own = p.storage_offset() == 0 and p.untyped_storage().nbytes() == p.numel() * p.element_size()
+    g = torch.empty_like(p) if own else torch.empty(p.shape, dtype=p.dtype, device=p.device)
+    _GRAD_MEMORY[p] = ((g.dtype, g.device, g.shape, g.stride()), g.untyped_storage())
     return g
 
 
