@@ -32,7 +32,7 @@ from whatruns.nn import AUTO, SPEED_STRATEGIES, STRATEGIES
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--repeats", type=int, default=11)
     p.add_argument("--threads", type=int, nargs="*", default=[0],
                    help="torch intra-op threads, one run per value (0: torch's default)")
     p.add_argument("--strategies", nargs="*", default=None, choices=(AUTO,) + SPEED_STRATEGIES + STRATEGIES)
