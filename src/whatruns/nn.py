@@ -1150,6 +1150,20 @@ def _linear(h, W, b, e, out=None):
     return torch.addmm(b[e], h, W[e].t(), out=out)
 
 
+def _pre_activations(e, xs, gate, up, gate_bias, up_bias, both=None):
+    """Expert ``e``'s gate and up pre-activations of rows ``xs`` (gate's None for a plain FFN): one product where
+    the two share a block (``both``, :meth:`Experts.gate_up`), else two, as the loop."""
+    if both is not None:
+        ab = torch.mm(xs, both[e])
+        return ab[:, :up.shape[1]], ab[:, up.shape[1]:]
+    return (_linear(xs, gate, gate_bias, e) if gate is not None else None), _linear(xs, up, up_bias, e)
+
+
+def _hidden(plan, a, b):
+    """The activation of pre-activations ``a`` (gate's, None for a plain FFN) and ``b`` (up's)."""
+    return activate(plan.act, a, b, plan.clamp) if a is not None else activate(plan.act, b, clamp=plan.clamp)
+
+
 def _experts_infer(plan, x, token, w, gate, up, down, gate_bias, up_bias, down_bias, both=None):
     """The ``"threads"`` strategy without gradients: each expert gathers its own rows of ``x`` (``token``, sorted
     by expert) on its thread and runs them through its products into fresh small tensors, which the
@@ -1165,18 +1179,11 @@ def _experts_infer(plan, x, token, w, gate, up, down, gate_bias, up_bias, down_b
         xs = x.index_select(0, token[s:t])
         if into:
             xs.mul_(w[s:t, None])
-        if both is not None:  # gate and up side by side in memory: one product for both
-            ab = torch.mm(xs, both[e])
-            h = activate(plan.act, ab[:, :F_], ab[:, F_:], plan.clamp)
-        else:
-            b = _linear(xs, up, up_bias, e)
-            h = activate(plan.act, _linear(xs, gate, gate_bias, e), b, plan.clamp) if gate is not None \
-                else activate(plan.act, b, clamp=plan.clamp)
+        h = _hidden(plan, *_pre_activations(e, xs, gate, up, gate_bias, up_bias, both))
         y = _linear(h, down, down_bias, e, Y[s:t])
         if not into:
             y.mul_(w[s:t, None])
 
-    F_ = up.shape[1]
     _deal_out(work, plan.chosen, plan.counts)
     return Y
 
@@ -1193,9 +1200,8 @@ def _experts_forward(plan, rows, w, gate, up, down, gate_bias, up_bias, down_bia
     def work(e):
         s, t = st[e], st[e + 1]
         xs = rows[s:t] * w[s:t, None] if into else rows[s:t]
-        b = _linear(xs, up, up_bias, e)
-        a = _linear(xs, gate, gate_bias, e) if gate is not None else None
-        h = activate(plan.act, a, b, plan.clamp) if gate is not None else activate(plan.act, b, clamp=plan.clamp)
+        a, b = _pre_activations(e, xs, gate, up, gate_bias, up_bias)
+        h = _hidden(plan, a, b)
         if into:
             y = _linear(h, down, down_bias, e, out[s:t])
         else:
@@ -1263,7 +1269,7 @@ class _DealtOutExperts(torch.autograd.Function):
             with torch.enable_grad():  # the activation's derivative, whatever it is: elementwise, on this thread
                 b = B.requires_grad_()
                 a = A.requires_grad_() if gated else None
-                h = activate(plan.act, a, b, plan.clamp) if gated else activate(plan.act, b, clamp=plan.clamp)
+                h = _hidden(plan, a, b)
             if dd is not None:
                 torch.mm(dy.t(), h.detach(), out=dd[e])
             dh = torch.mm(dy, down[e])
