@@ -126,6 +126,8 @@ def serving(handler):
 
 @pytest.fixture(scope="module")
 def browser():
+    if _missing():  # before launching: a test that asks for the browser skips (or fails in CI), not errors
+        _skip_or_fail(_missing())
     from playwright.sync_api import sync_playwright
 
     profile = tempfile.mkdtemp(prefix="whatruns-chromium-")
