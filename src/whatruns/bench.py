@@ -12,7 +12,8 @@ built with ``whatruns.build`` from Hugging Face configs:
 
 Targets: moe / (a) <= 1.1 for the default strategy (:data:`TARGETS`; issue 5 asked 1.2 of the best) and
 (b) / moe >= 10. Other engineers' jobs may share the machine, so the
-models run interleaved -- one forward pass of each in turn, ``repeats`` rounds -- and the report
+models run interleaved -- one forward pass of each per round, in an order drawn afresh each round
+(:func:`interleaved_times`), ``repeats`` rounds -- and the report
 is the ratio of medians, which the shared load inflates alike. Each MoE dispatch strategy is timed
 the same way. :func:`run` returns the numbers (the stored run is ``whatruns.data.load("moe_speed_cpu")``),
 :func:`report` prints them as a table, and :func:`profile` runs torch's profiler over a few forward
